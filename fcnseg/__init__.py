@@ -1,0 +1,7 @@
+"""fcnseg: Fully Convolutional Networks for semantic segmentation (Long, Shelhamer, Darrell)."""
+
+from .models import ARCHS, BACKBONES, FCN, build_model, convolutionalize, staged_init
+from .preprocessing import Preprocessing
+
+__version__ = "0.1.0"
+__all__ = ["ARCHS", "BACKBONES", "FCN", "Preprocessing", "build_model", "convolutionalize", "staged_init"]

@@ -1,0 +1,266 @@
+"""FCN-32s, FCN-16s and FCN-8s on any trunk (the paper, section 4.2).
+
+The head scores the stride-32 features (``score_fr``), upsamples by 2 (``upscore2``), adds scores of the
+stride-16 features (``score_pool4``), upsamples by 2 again (``upscore_pool4``), adds scores of the stride-8
+features (``score_pool3``) and upsamples to the image (``upscore8``). FCN-32s stops after ``score_fr``
+(``upscore``, x32), FCN-16s after the first fusion (``upscore16``). Every crop offset is computed from
+the trunk's layer geometry; with VGG16 and the paper's padding they come out as the authors' 5, 9, 31.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..preprocessing import Normalize, Preprocessing
+from .geometry import Affine
+from .trunks import STRIDES, build_trunk
+from .upsample import BilinearUpsample
+
+ARCHS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
+# Strides whose features are fused, coarse to fine, for each architecture.
+SKIPS = {"fcn32s": (), "fcn16s": (16,), "fcn8s": (16, 8), "fcn8s-atonce": (16, 8)}
+# The authors' layer names for the skip at each stride: (score layer, upsampling that feeds the fusion).
+SKIP_NAMES = {16: ("score_pool4", "upscore2"), 8: ("score_pool3", "upscore_pool4")}
+# FCN-8s at-once (the authors' release) scales pool4 by 0.01 and pool3 by 0.0001 before scoring, so that
+# the finer skips start small relative to the stride-32 scores.
+ATONCE_SCALES = {16: 0.01, 8: 0.0001}
+UPSAMPLING = ("paper", "fixed", "learned")
+
+
+class FCN(nn.Module):
+    """A fully convolutional network: trunk, 1x1 score layers, bilinear-initialised upsampling and crops.
+
+    ``forward`` takes RGB images as a float tensor ``(N, 3, H, W)`` in [0, 1] and returns class scores
+    ``(N, num_classes, H, W)``; normalisation for the trunk's weights happens inside.
+
+    Args:
+        trunk: a trunk from ``trunks.py`` (returns stride-8, -16 and -32 features and knows their geometry).
+        num_classes: number of classes scored, background included (21 for PASCAL VOC).
+        arch: one of ``ARCHS``.
+        upsampling: "paper" (the authors' choice: upsampling inside the skip path learned, the final one
+            fixed), "fixed" (all bilinear, frozen), or "learned" (all initialised bilinear and trained).
+        class_names: optional names of the classes, kept with the model.
+    """
+
+    def __init__(self, trunk: nn.Module, num_classes: int, arch: str = "fcn8s", upsampling: str = "paper",
+                 class_names: list[str] | None = None) -> None:
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
+        if upsampling not in UPSAMPLING:
+            raise ValueError(f"unknown upsampling {upsampling!r}; valid: {', '.join(UPSAMPLING)}")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2 (background counts as a class); got {num_classes!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
+        self.arch, self.num_classes, self.upsampling = arch, num_classes, upsampling
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.normalize = Normalize(trunk.preprocessing)
+        self.trunk = trunk
+        geometry = dict(zip(STRIDES, trunk.geometry))
+        channels = dict(zip(STRIDES, trunk.channels))
+        same = trunk.padding == "same"
+
+        self.score_fr = nn.Conv2d(channels[32], num_classes, 1)
+        self.skips = SKIPS[arch]
+        self.skip_scales = [ATONCE_SCALES[s] if arch == "fcn8s-atonce" else 1.0 for s in self.skips]
+        self.skip_crops: list[int] = []
+        g = geometry[32]
+        for stride in self.skips:
+            score_name, up_name = SKIP_NAMES[stride]
+            setattr(self, score_name, nn.Conv2d(channels[stride], num_classes, 1))
+            up, g = _aligned_upsample(g, geometry[stride], num_classes, same, learnable=upsampling != "fixed")
+            setattr(self, up_name, up)
+            # Offset of the upsampled map's first cell on the skip's grid: the skip is cropped from there.
+            self.skip_crops.append(g.cells_from(geometry[stride]))
+        self.final_name = "upscore" if not self.skips else f"upscore{int(g.scale)}"
+        up, g = _aligned_upsample(g, Affine(), num_classes, same, learnable=upsampling == "learned")
+        setattr(self, self.final_name, up)
+        self.final_crop = Affine().cells_from(g)  # where image pixel 0 falls in the last upsampled map
+        if any(c < 0 for c in self.skip_crops) or self.final_crop < 0:
+            raise ValueError(f"trunk geometry gives negative crops {self.skip_crops}, {self.final_crop}")
+        self.reset_head()
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.normalize.pre
+
+    def score_layers(self) -> list[nn.Conv2d]:
+        return [self.score_fr] + [getattr(self, SKIP_NAMES[s][0]) for s in self.skips]
+
+    def upsample_layers(self) -> list[BilinearUpsample]:
+        return [getattr(self, SKIP_NAMES[s][1]) for s in self.skips] + [getattr(self, self.final_name)]
+
+    def reset_head(self) -> None:
+        """Score layers start at zero (the paper: random initialisation did no better); upsampling at bilinear."""
+        for conv in self.score_layers():
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        for up in self.upsample_layers():
+            up.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x)
+        height, width = x.shape[-2], x.shape[-1]
+        feats = dict(zip(STRIDES, self.trunk(self.normalize(x))))
+        score = self.score_fr(feats[32])
+        for stride, scale, crop in zip(self.skips, self.skip_scales, self.skip_crops):
+            score_name, up_name = SKIP_NAMES[stride]
+            up = getattr(self, up_name)(score)
+            feat = feats[stride] * scale if scale != 1.0 else feats[stride]
+            skip = getattr(self, score_name)(feat)
+            # Fuse where both maps have cells: the authors crop the skip to the upsampled map ("paper"
+            # padding); with "same" padding the upsampled map is the larger one and is cut to the skip.
+            h = min(up.shape[-2], skip.shape[-2] - crop)
+            w = min(up.shape[-1], skip.shape[-1] - crop)
+            score = up[:, :, :h, :w] + skip[:, :, crop:crop + h, crop:crop + w]
+        out = getattr(self, self.final_name)(score)
+        c = self.final_crop
+        if out.shape[-2] < c + height or out.shape[-1] < c + width:
+            raise RuntimeError(f"upsampled scores {tuple(out.shape[-2:])} do not cover the {height}x{width} "
+                               f"input after the crop of {c}")
+        return out[:, :, c:c + height, c:c + width]
+
+    @torch.inference_mode()
+    def predict(self, image, batch: bool = False) -> torch.Tensor:
+        """Label map(s) at the input's size.
+
+        Args:
+            image: a path, a PIL image, an ``HxWx3`` uint8 array, a ``(3, H, W)`` float tensor in [0, 1], or
+                with ``batch=True`` an ``(N, 3, H, W)`` tensor. Grey and RGBA images are converted to RGB.
+            batch: whether ``image`` is a batch tensor.
+
+        Returns:
+            ``(H, W)`` int64 labels (``(N, H, W)`` for a batch), on the CPU.
+        """
+        was_training = self.training
+        self.eval()
+        param = next(self.parameters())
+        x = to_tensor(image).unsqueeze(0) if not batch else image
+        scores = self(x.to(param.device, param.dtype))
+        self.train(was_training)
+        labels = scores.argmax(1).cpu()
+        return labels if batch else labels[0]
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch}, num_classes={self.num_classes}, upsampling={self.upsampling}"
+
+
+def _aligned_upsample(src: Affine, dst: Affine, channels: int, same: bool, learnable: bool
+                      ) -> tuple[BilinearUpsample, Affine]:
+    """An upsampling layer from grid ``src`` to the scale of grid ``dst`` whose cells land on ``dst``'s cells.
+
+    With "same" padding the kernel is 2f with padding f/2 (cells land exactly on ``dst``'s). With the
+    paper's padding the kernel is 2f with no padding (the authors') unless that leaves the grids half a cell
+    apart, in which case 2f - 1 aligns them (the authors' 63x63 kernel in FCN-AlexNet).
+    """
+    factor = src.scale / dst.scale
+    if factor.denominator != 1 or factor < 2:
+        raise ValueError(f"cannot upsample from scale {src.scale} to {dst.scale}")
+    f = int(factor)
+    candidates = [(2 * f, f // 2)] if same else [(2 * f, 0), (2 * f - 1, 0)]
+    for kernel, padding in candidates:
+        g = src.deconv(kernel, f, padding)
+        if ((g.offset - dst.offset) / dst.scale).denominator == 1:
+            return BilinearUpsample(channels, f, kernel, padding, learnable), g
+    raise ValueError(f"no bilinear kernel for stride {f} aligns grid {src} with {dst}")
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of shape (N, 3, H, W); got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected an RGB batch of shape (N, 3, H, W); got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a float tensor with values in [0, 1]; got dtype {x.dtype}")
+
+
+def to_tensor(image) -> torch.Tensor:
+    """A ``(3, H, W)`` float32 tensor in [0, 1] from a path, PIL image, uint8 array or tensor."""
+    from PIL import Image, ImageOps
+
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as im:
+            image = ImageOps.exif_transpose(im).convert("RGB")
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise ValueError(f"expected an HxWx3 image array; got shape {image.shape}")
+        scale = 65535.0 if image.dtype == np.uint16 else 255.0 if image.dtype == np.uint8 else 1.0
+        return torch.from_numpy(np.ascontiguousarray(image[:, :, :3])).permute(2, 0, 1).float() / scale
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a (3, H, W) image tensor; got shape {tuple(image.shape)}")
+        return image.float() if image.is_floating_point() else image.float() / 255.0
+    raise TypeError(f"cannot read an image from {type(image).__name__}")
+
+
+def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=None, *,
+                padding: str | None = None, upsampling: str = "paper",
+                class_names: list[str] | None = None) -> FCN:
+    """Builds an FCN.
+
+    Args:
+        arch: "fcn32s", "fcn16s", "fcn8s" or "fcn8s-atonce".
+        backbone: one of ``fcnseg.BACKBONES`` ("vgg16", "alexnet", "googlenet", "resnet18", "resnet50",
+            "mobilenet_v3_large", "efficientnet_lite0/1/2").
+        num_classes: classes scored, background included.
+        pretrained_backbone: None (random initialisation), a weights name such as "imagenet" (or "hed" for
+            vgg16), or a path to a local file holding those weights (see ``fcnseg.models.weights``). The
+            matching preprocessing is installed in the model with the weights.
+        padding: "paper" (vgg16/alexnet only: conv1 padding 100 and crops, the default there) or "same".
+        upsampling: "paper", "fixed" or "learned" (see ``FCN``).
+        class_names: optional class names (length ``num_classes``).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2 (background counts as a class); got {num_classes!r}")
+    trunk = build_trunk(backbone, padding)
+    if pretrained_backbone is not None:
+        from .weights import load_backbone_weights
+
+        load_backbone_weights(trunk, backbone, pretrained_backbone)
+    return FCN(trunk, num_classes, arch, upsampling, class_names)
+
+
+def staged_init(coarse: FCN, arch: str | None = None) -> FCN:
+    """The paper's staged training: FCN-16s from a trained FCN-32s, FCN-8s from a trained FCN-16s.
+
+    The new model shares nothing with ``coarse`` (weights are copied). The trunk, ``score_fr`` and any
+    existing skip layers carry over; the new skip's score layer starts at zero, so at initialisation it
+    adds exactly nothing, and new upsampling layers start at bilinear.
+
+    Args:
+        coarse: a trained "fcn32s" or "fcn16s".
+        arch: the target ("fcn16s" or "fcn8s"); default the next finer one.
+    """
+    order = ("fcn32s", "fcn16s", "fcn8s")
+    if coarse.arch not in order[:2]:
+        raise ValueError(f"staged initialisation grows fcn32s -> fcn16s -> fcn8s; got a {coarse.arch}")
+    arch = arch or order[order.index(coarse.arch) + 1]
+    if arch not in order or order.index(arch) <= order.index(coarse.arch):
+        raise ValueError(f"cannot grow a {coarse.arch} into {arch!r}")
+    import copy
+
+    fine = FCN(copy.deepcopy(coarse.trunk), coarse.num_classes, arch, coarse.upsampling, coarse.class_names)
+    fine.normalize.set(coarse.preprocessing)
+    kept = {k: v for k, v in coarse.state_dict().items() if not k.startswith(coarse.final_name + ".")}
+    missing, unexpected = fine.load_state_dict(kept, strict=False)
+    assert not unexpected, unexpected
+    fine.to(next(coarse.parameters()).device)
+    return fine
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["ARCHS", "FCN", "build_model", "staged_init", "count_parameters", "to_tensor"]

@@ -1,0 +1,258 @@
+"""Trunks: image classifiers cut into the feature extractors that FCNs are built on.
+
+Each trunk is built once, here, and returns three feature maps at strides 8, 16 and 32 (named after
+VGG16's ``pool3``, ``pool4`` and ``fc7``). FCN-32s, -16s and -8s differ only in which of them the head
+uses. Layer names follow the source model (the authors' Caffe names for VGG16 and AlexNet, torchvision's
+or timm's elsewhere) so that pretrained weights load by name.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from ..preprocessing import HALF, IMAGENET, TF_LITE, Preprocessing
+from .geometry import Affine, nominal
+from .surgery import linear_to_conv
+
+STRIDES = (8, 16, 32)
+
+
+class SequentialTrunk(nn.Sequential):
+    """A trunk whose layers run one after another; ``taps`` names the layers read at strides 8, 16, 32.
+
+    Attributes:
+        taps: names of the layers whose outputs are the stride-8, -16 and -32 features.
+        channels: channels of those three outputs.
+        geometry: affine maps from each output's cells to image pixels (see ``geometry.py``).
+        padding: "paper" (the authors' conv1 padding 100, exact crops) or "same" (output ceil(H/s)).
+        preprocessing: what the trunk's random or pretrained weights expect (set by weight loading).
+    """
+
+    def __init__(self, layers: OrderedDict, taps: tuple[str, str, str], padding: str,
+                 preprocessing: Preprocessing, exact_geometry: bool) -> None:
+        super().__init__(layers)
+        missing = [t for t in taps if t not in layers]
+        if missing:
+            raise ValueError(f"taps {missing} are not layers of this trunk")
+        self.taps = taps
+        self.padding = padding
+        self.preprocessing = preprocessing
+        if exact_geometry:
+            self.geometry = tuple(self.layer_geometry(t) for t in taps)
+        else:
+            self.geometry = tuple(nominal(s) for s in STRIDES)
+        self.channels = _probe_channels(self)
+
+    def layer_geometry(self, name: str) -> Affine:
+        """The exact affine map of layer ``name``'s output, followed through the layers before it."""
+        chain = []
+        for n, layer in self.named_children():
+            chain.append(layer)
+            if n == name:
+                return Affine().through(chain)
+        raise KeyError(name)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        outs = []
+        for name, layer in self.named_children():
+            x = layer(x)
+            if name in self.taps:
+                outs.append(x)
+        return outs[0], outs[1], outs[2]
+
+
+class EfficientNetLiteTrunk(nn.Module):
+    """timm's ``tf_efficientnet_liteN`` without its classifier: stage outputs at strides 8 and 16 and the
+    1280-channel ``conv_head`` at stride 32. TF "same" padding gives ceil(H/s) outputs for any size."""
+
+    def __init__(self, variant: str) -> None:
+        super().__init__()
+        import timm
+
+        net = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False)
+        self.conv_stem, self.bn1, self.blocks = net.conv_stem, net.bn1, net.blocks
+        self.conv_head, self.bn2 = net.conv_head, net.bn2
+        # The stages that end at strides 8 and 16 (timm's feature_info knows where the strides change).
+        info = net.feature_info
+        stage_of = {i["reduction"]: int(i["module"].split(".")[1]) for i in info if i["module"].startswith("blocks.")}
+        self.tap8, self.tap16 = stage_of[8], stage_of[16]
+        self.taps = (f"blocks.{self.tap8}", f"blocks.{self.tap16}", "bn2")
+        self.padding = "same"
+        self.preprocessing = TF_LITE
+        self.geometry = tuple(nominal(s) for s in STRIDES)
+        self.channels = _probe_channels(self)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.bn1(self.conv_stem(x))
+        c8 = c16 = x
+        for i, stage in enumerate(self.blocks):
+            x = stage(x)
+            if i == self.tap8:
+                c8 = x
+            elif i == self.tap16:
+                c16 = x
+        return c8, c16, self.bn2(self.conv_head(x))
+
+
+def _probe_channels(trunk: nn.Module) -> tuple[int, int, int]:
+    """Channels of the three outputs, read off one tiny forward pass."""
+    was_training = trunk.training
+    trunk.eval()
+    with torch.no_grad():
+        outs = trunk(torch.zeros(1, 3, 32, 32))
+    trunk.train(was_training)
+    return tuple(int(o.shape[1]) for o in outs)
+
+
+def _check_padding(name: str, padding: str, allowed: tuple[str, ...]) -> None:
+    if padding not in allowed:
+        raise ValueError(f"backbone {name!r} supports padding {', '.join(map(repr, allowed))}; got {padding!r}")
+
+
+def vgg16(padding: str = "paper") -> SequentialTrunk:
+    """VGG16 with the authors' layer names: ``conv1_1`` ... ``pool5``, ``fc6`` (7x7), ``fc7`` (1x1).
+
+    padding="paper": conv1_1 pads by 100 and pools round up, as in the authors' FCNs, so fc6 sees a full
+    7x7 window even on tiny images and the crops align exactly. padding="same": conv1_1 pads by 1 and
+    fc6 by 3, so every stride-s output has ceil(H/s) cells.
+    """
+    import torchvision
+
+    _check_padding("vgg16", padding, ("paper", "same"))
+    tv = torchvision.models.vgg16()
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    block, idx = 1, 1
+    for m in tv.features:
+        if isinstance(m, nn.Conv2d):
+            if block == 1 and idx == 1 and padding == "paper":
+                m.padding = (100, 100)
+            layers[f"conv{block}_{idx}"] = m
+        elif isinstance(m, nn.ReLU):
+            layers[f"relu{block}_{idx}"] = nn.ReLU(inplace=True)
+            idx += 1
+        elif isinstance(m, nn.MaxPool2d):
+            layers[f"pool{block}"] = nn.MaxPool2d(2, 2, ceil_mode=True)
+            block, idx = block + 1, 1
+    fc6_pad = 0 if padding == "paper" else 3
+    layers["fc6"] = linear_to_conv(tv.classifier[0], 512, 7, padding=fc6_pad)
+    layers["relu6"] = nn.ReLU(inplace=True)
+    layers["drop6"] = nn.Dropout(0.5)
+    layers["fc7"] = linear_to_conv(tv.classifier[3], 4096, 1)
+    layers["relu7"] = nn.ReLU(inplace=True)
+    layers["drop7"] = nn.Dropout(0.5)
+    return SequentialTrunk(layers, ("pool3", "pool4", "drop7"), padding, IMAGENET, exact_geometry=True)
+
+
+def alexnet(padding: str = "paper") -> SequentialTrunk:
+    """torchvision's AlexNet with Caffe-style names (``conv1`` ... ``pool5``, ``fc6`` 6x6, ``fc7``).
+
+    padding="paper": conv1 pads by 100 and pools round up (the authors' FCN-AlexNet); the odd 63x63
+    upsampling kernel the authors used falls out of the geometry. padding="same": conv1 pads by 5, pools
+    by 1, and fc6 is padded 2/3, so every stride-s output has ceil(H/s) cells.
+    """
+    import torchvision
+
+    _check_padding("alexnet", padding, ("paper", "same"))
+    tv = torchvision.models.alexnet()
+    convs = [m for m in tv.features if isinstance(m, nn.Conv2d)]
+    paper = padding == "paper"
+    if paper:
+        convs[0].padding = (100, 100)
+    else:
+        convs[0].padding = (5, 5)
+
+    def pool() -> nn.MaxPool2d:
+        return nn.MaxPool2d(3, 2, ceil_mode=True) if paper else nn.MaxPool2d(3, 2, padding=1)
+
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    layers["conv1"], layers["relu1"], layers["pool1"] = convs[0], nn.ReLU(inplace=True), pool()
+    layers["conv2"], layers["relu2"], layers["pool2"] = convs[1], nn.ReLU(inplace=True), pool()
+    for i, conv in enumerate(convs[2:], start=3):
+        layers[f"conv{i}"], layers[f"relu{i}"] = conv, nn.ReLU(inplace=True)
+    layers["pool5"] = pool()
+    if not paper:
+        layers["pad6"] = nn.ZeroPad2d((2, 3, 2, 3))
+    layers["fc6"] = linear_to_conv(tv.classifier[1], 256, 6)
+    layers["relu6"] = nn.ReLU(inplace=True)
+    layers["drop6"] = nn.Dropout(0.5)
+    layers["fc7"] = linear_to_conv(tv.classifier[4], 4096, 1)
+    layers["relu7"] = nn.ReLU(inplace=True)
+    layers["drop7"] = nn.Dropout(0.5)
+    return SequentialTrunk(layers, ("pool1", "pool2", "drop7"), padding, IMAGENET, exact_geometry=paper)
+
+
+def googlenet(padding: str = "same") -> SequentialTrunk:
+    """torchvision's GoogLeNet (Inception v1, the paper's Table 1 net) up to ``inception5b``.
+
+    Its stride-2 max pools are changed from Caffe's "pad 0, round up" to "pad 1, round down" so that every
+    stride-s output has ceil(H/s) cells; pooling has no weights, so ImageNet weights still load.
+    """
+    import torchvision
+
+    _check_padding("googlenet", padding, ("same",))
+    tv = torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=False, init_weights=True)
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    for name, m in tv.named_children():
+        if name in ("avgpool", "dropout", "fc") or name.startswith("aux"):
+            continue
+        if isinstance(m, nn.MaxPool2d) and m.kernel_size == 3:
+            m = nn.MaxPool2d(3, 2, padding=1)
+        layers[name] = m
+    return SequentialTrunk(layers, ("inception3b", "inception4e", "inception5b"), padding, HALF,
+                           exact_geometry=False)
+
+
+def resnet(depth: int, padding: str = "same") -> SequentialTrunk:
+    """torchvision's ResNet-18/50 without ``avgpool``/``fc``; ``layer2``/``layer3``/``layer4`` at strides 8/16/32."""
+    import torchvision
+
+    _check_padding(f"resnet{depth}", padding, ("same",))
+    tv = getattr(torchvision.models, f"resnet{depth}")()
+    layers = OrderedDict((n, m) for n, m in tv.named_children() if n not in ("avgpool", "fc"))
+    return SequentialTrunk(layers, ("layer2", "layer3", "layer4"), padding, IMAGENET, exact_geometry=False)
+
+
+def mobilenet_v3_large(padding: str = "same") -> SequentialTrunk:
+    """torchvision's MobileNetV3-Large features (children ``0`` ... ``16``) and its first classifier layer,
+    convolutionalized to a 1x1 ``fc`` (960 -> 1280, hardswish) at stride 32."""
+    import torchvision
+
+    _check_padding("mobilenet_v3_large", padding, ("same",))
+    tv = torchvision.models.mobilenet_v3_large()
+    layers: OrderedDict[str, nn.Module] = OrderedDict((str(i), m) for i, m in enumerate(tv.features))
+    layers["fc"] = linear_to_conv(tv.classifier[0], tv.classifier[0].in_features, 1)
+    layers["fc_act"] = nn.Hardswish()
+    # The last block of each stride: 6 (stride 8, 40 ch) and 12 (stride 16, 112 ch).
+    return SequentialTrunk(layers, ("6", "12", "fc_act"), padding, IMAGENET, exact_geometry=False)
+
+
+def efficientnet_lite(n: int, padding: str = "same") -> EfficientNetLiteTrunk:
+    """timm's ``tf_efficientnet_lite{n}`` (TF "same" padding, ReLU6, no squeeze-excitation)."""
+    _check_padding(f"efficientnet_lite{n}", padding, ("same",))
+    return EfficientNetLiteTrunk(f"lite{n}")
+
+
+# The plain dict that maps a backbone name to its builder (padding -> trunk) and its default padding.
+TRUNKS = {
+    "vgg16": (vgg16, "paper"),
+    "alexnet": (alexnet, "paper"),
+    "googlenet": (googlenet, "same"),
+    "resnet18": (lambda padding="same": resnet(18, padding), "same"),
+    "resnet50": (lambda padding="same": resnet(50, padding), "same"),
+    "mobilenet_v3_large": (mobilenet_v3_large, "same"),
+    "efficientnet_lite0": (lambda padding="same": efficientnet_lite(0, padding), "same"),
+    "efficientnet_lite1": (lambda padding="same": efficientnet_lite(1, padding), "same"),
+    "efficientnet_lite2": (lambda padding="same": efficientnet_lite(2, padding), "same"),
+}
+BACKBONES = tuple(TRUNKS)
+
+
+def build_trunk(backbone: str, padding: str | None = None) -> nn.Module:
+    """Builds the trunk named ``backbone`` (randomly initialised; see ``weights.py`` for pretrained ones)."""
+    if backbone not in TRUNKS:
+        raise ValueError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}")
+    builder, default = TRUNKS[backbone]
+    return builder(padding=padding or default)
