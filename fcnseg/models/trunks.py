@@ -112,38 +112,43 @@ def _check_padding(name: str, padding: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"backbone {name!r} supports padding {', '.join(map(repr, allowed))}; got {padding!r}")
 
 
+VGG16_CONFIG = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
 def vgg16(padding: str = "paper") -> SequentialTrunk:
     """VGG16 with the authors' layer names: ``conv1_1`` ... ``pool5``, ``fc6`` (7x7), ``fc7`` (1x1).
 
     padding="paper": conv1_1 pads by 100 and pools round up, as in the authors' FCNs, so fc6 sees a full
     7x7 window even on tiny images and the crops align exactly. padding="same": conv1_1 pads by 1 and
-    fc6 by 3, so every stride-s output has ceil(H/s) cells.
+    fc6 by 3, so every stride-s output has ceil(H/s) cells. Random initialisation follows torchvision's
+    VGG (He-normal convolutions, N(0, 0.01) fully connected layers).
     """
-    import torchvision
-
     _check_padding("vgg16", padding, ("paper", "same"))
-    tv = torchvision.models.vgg16()
     layers: OrderedDict[str, nn.Module] = OrderedDict()
-    block, idx = 1, 1
-    for m in tv.features:
-        if isinstance(m, nn.Conv2d):
-            if block == 1 and idx == 1 and padding == "paper":
-                m.padding = (100, 100)
-            layers[f"conv{block}_{idx}"] = m
-        elif isinstance(m, nn.ReLU):
-            layers[f"relu{block}_{idx}"] = nn.ReLU(inplace=True)
-            idx += 1
-        elif isinstance(m, nn.MaxPool2d):
-            layers[f"pool{block}"] = nn.MaxPool2d(2, 2, ceil_mode=True)
-            block, idx = block + 1, 1
-    fc6_pad = 0 if padding == "paper" else 3
-    layers["fc6"] = linear_to_conv(tv.classifier[0], 512, 7, padding=fc6_pad)
-    layers["relu6"] = nn.ReLU(inplace=True)
-    layers["drop6"] = nn.Dropout(0.5)
-    layers["fc7"] = linear_to_conv(tv.classifier[3], 4096, 1)
-    layers["relu7"] = nn.ReLU(inplace=True)
-    layers["drop7"] = nn.Dropout(0.5)
+    channels = 3
+    for block, widths in enumerate(VGG16_CONFIG, start=1):
+        for idx, width in enumerate(widths, start=1):
+            pad = 100 if (block, idx) == (1, 1) and padding == "paper" else 1
+            conv = nn.Conv2d(channels, width, 3, padding=pad)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+            layers[f"conv{block}_{idx}"], layers[f"relu{block}_{idx}"] = conv, nn.ReLU(inplace=True)
+            channels = width
+        layers[f"pool{block}"] = nn.MaxPool2d(2, 2, ceil_mode=True)
+    layers["fc6"] = _fc_conv(512, 4096, 7, padding=0 if padding == "paper" else 3)
+    layers["relu6"], layers["drop6"] = nn.ReLU(inplace=True), nn.Dropout(0.5)
+    layers["fc7"] = _fc_conv(4096, 4096, 1)
+    layers["relu7"], layers["drop7"] = nn.ReLU(inplace=True), nn.Dropout(0.5)
     return SequentialTrunk(layers, ("pool3", "pool4", "drop7"), padding, IMAGENET, exact_geometry=True)
+
+
+def _fc_conv(cin: int, cout: int, kernel: int, padding: int = 0) -> nn.Conv2d:
+    """A convolutionalized fully connected layer, initialised N(0, 0.01) as torchvision's classifiers are
+    (skipping the default init, which costs seconds on fc6's 103M weights)."""
+    conv = torch.nn.utils.skip_init(nn.Conv2d, cin, cout, kernel, padding=padding)
+    nn.init.normal_(conv.weight, 0, 0.01)
+    nn.init.zeros_(conv.bias)
+    return conv
 
 
 def alexnet(padding: str = "paper") -> SequentialTrunk:

