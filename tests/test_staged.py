@@ -1,0 +1,52 @@
+"""Staged training's initialisation: FCN-16s from FCN-32s, FCN-8s from FCN-16s."""
+
+import pytest
+import torch
+
+import fcnseg
+
+
+def _trained_like(model):
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for conv in model.score_layers():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=g))
+    return model.eval()
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "resnet18"])
+def test_new_skip_adds_exactly_zero_and_agrees_with_its_parent(backbone, record_property):
+    torch.manual_seed(0)
+    m32 = _trained_like(fcnseg.build_model("fcn32s", backbone, 6))
+    m16 = fcnseg.staged_init(m32).eval()
+    seen = {}
+    m16.score_pool4.register_forward_hook(lambda m, i, o: seen.__setitem__("pool4", o.clone()))
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        s32, s16 = m32(x), m16(x)
+    assert seen["pool4"].abs().max() == 0
+    m8 = fcnseg.staged_init(_trained_like(m16)).eval()  # m16 "trained" further before growing
+    m8.score_pool3.register_forward_hook(lambda m, i, o: seen.__setitem__("pool3", o.clone()))
+    with torch.no_grad():
+        s16b, s8 = m16(x), m8(x)
+    assert seen["pool3"].abs().max() == 0
+    assert (m16.arch, m8.arch) == ("fcn16s", "fcn8s")
+    # Inherited layers are copies, not shared.
+    assert torch.equal(m16.score_fr.weight, m32.score_fr.weight)
+    assert m16.score_fr.weight.data_ptr() != m32.score_fr.weight.data_ptr()
+    # Only the upsampling path changed (two bilinear steps instead of one), so the labels barely move.
+    agree16 = (s16.argmax(1) == s32.argmax(1)).float().mean().item()
+    agree8 = (s8.argmax(1) == s16b.argmax(1)).float().mean().item()
+    record_property("argmax_agreement_16s_vs_32s", agree16)
+    record_property("argmax_agreement_8s_vs_16s", agree8)
+    print(f"{backbone}: same argmax 16s/32s {agree16:.4f}, 8s/16s {agree8:.4f}")
+    assert agree16 > 0.9 and agree8 > 0.9
+
+
+def test_staged_init_keeps_preprocessing_and_refuses_wrong_order():
+    m8 = fcnseg.build_model("fcn8s", "resnet18", 3)
+    with pytest.raises(ValueError, match="grows fcn32s -> fcn16s -> fcn8s"):
+        fcnseg.staged_init(m8)
+    m32 = fcnseg.build_model("fcn32s", "efficientnet_lite0", 3)
+    assert fcnseg.staged_init(m32, "fcn8s").preprocessing == m32.preprocessing
