@@ -1,5 +1,5 @@
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@lru_cache(maxsize=None)
+@cache
 def cached_model(arch: str, backbone: str, num_classes: int = 5) -> fcnseg.FCN:
     """Models are expensive to build (VGG16: 134M parameters); tests that only read them share one."""
     torch.manual_seed(0)

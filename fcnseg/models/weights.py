@@ -53,6 +53,7 @@ class BackboneWeights:
         if self.url:
             path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(self.url)
             if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     torch.hub.download_url_to_file(self.url, str(path), hash_prefix=_hash_prefix(self.url))
                 except Exception as e:  # network errors come in many types; all mean the same to a user
@@ -267,6 +268,8 @@ def load_backbone_weights(trunk: nn.Module, backbone: str, source) -> BackboneWe
         weights, path = source, source.file()
     elif isinstance(source, (str, os.PathLike)) and (Path(source).suffix or os.sep in str(source)):
         path = Path(source)
+        if path.suffix == ".h5" and backbone != "vgg16":
+            raise ValueError(f"{path}: HED weights hold a VGG16 trunk, not {backbone}")
         weights = get_weights(backbone, "hed" if path.suffix == ".h5" else "imagenet")
     elif isinstance(source, str):
         weights = get_weights(backbone, source)
@@ -279,8 +282,12 @@ def load_backbone_weights(trunk: nn.Module, backbone: str, source) -> BackboneWe
     except KeyError as e:
         raise ValueError(f"{path}: not {backbone} weights (missing {e})") from e
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
-    missing, unexpected = trunk.load_state_dict(converted, strict=False)
+        raise ValueError(f"{path}: not {backbone} weights ({e})") from e
+    try:
+        missing, unexpected = trunk.load_state_dict(converted, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+        raise ValueError(f"{path}: not {backbone} weights: {first}") from e
     missing = [k for k in missing if k not in optional]
     if missing or unexpected:
         raise ValueError(f"{path}: not {backbone} weights: {len(missing)} missing keys {missing[:3]}, "
