@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/fcnseg demo --out outputs/demo
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check fcnseg tests benchmarks
+	$(PY) -m ruff check fcnseg tests
 
 test: $(VENV)/.installed lint
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
