@@ -1,0 +1,73 @@
+"""Segmentation metrics from one confusion matrix (the paper, section 5): pixel accuracy, mean accuracy,
+mean IU and frequency-weighted IU.
+
+Rows are ground-truth classes, columns predictions. Pixels labelled ``ignore_index`` (255) or any label
+outside ``[0, num_classes)`` are not counted. Per-class scores of classes that never occur (neither in the
+ground truth nor in the predictions) are NaN and left out of the means, so the means never become NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+class ConfusionMatrix:
+    """Accumulates an int64 ``num_classes x num_classes`` confusion matrix with one ``bincount`` per batch.
+
+    Args:
+        num_classes: number of classes, background included.
+        ignore_index: label that is never counted (255 in PASCAL VOC and fcnseg's datasets).
+        device: where the matrix lives (the predictions' device, to avoid copies).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str = "cpu") -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def update(self, target: torch.Tensor, pred: torch.Tensor) -> None:
+        """Adds a batch of label maps (any shape, same for both; ``pred`` in ``[0, num_classes)``)."""
+        if target.shape != pred.shape:
+            raise ValueError(f"target shape {tuple(target.shape)} != prediction shape {tuple(pred.shape)}")
+        n = self.num_classes
+        target, pred = target.reshape(-1).to(self.mat.device), pred.reshape(-1).to(self.mat.device)
+        keep = (target >= 0) & (target < n) & (target != self.ignore_index)
+        idx = target[keep].to(torch.int64) * n + pred[keep].to(torch.int64)
+        self.mat += torch.bincount(idx, minlength=n * n).view(n, n)
+
+    def reset(self) -> None:
+        self.mat.zero_()
+
+    def all_reduce(self) -> None:
+        """Sums the matrices of all processes (no-op outside ``torch.distributed``)."""
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.mat)
+
+    def compute(self) -> dict:
+        """Scores as plain Python numbers: ``pixel_acc``, ``mean_acc``, ``mean_iu``, ``fw_iu``,
+        ``per_class_iu``, ``per_class_acc`` (NaN for classes that do not occur)."""
+        return scores(self.mat)
+
+
+def scores(mat: torch.Tensor) -> dict:
+    """The paper's four metrics (and per-class IU and accuracy) from a confusion matrix."""
+    h = mat.double().cpu()
+    tp = h.diag()
+    gt = h.sum(1)  # pixels of each class in the ground truth
+    pr = h.sum(0)  # pixels predicted as each class
+    total = h.sum()
+    union = gt + pr - tp
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    acc = torch.where(gt > 0, tp / gt.clamp(min=1), nan)
+    iu = torch.where(union > 0, tp / union.clamp(min=1), nan)
+    freq = gt / total if total > 0 else gt
+    return {
+        "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
+        "mean_acc": float(acc.nanmean()),
+        "mean_iu": float(iu.nanmean()),
+        "fw_iu": float((freq[union > 0] * iu[union > 0]).sum()),
+        "per_class_iu": iu.tolist(),
+        "per_class_acc": acc.tolist(),
+    }
