@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .models import build_model, build_trunk, count_parameters
+from .models import build_model, build_trunk, count_parameters, to_tensor
 from .models.surgery import linear_to_conv
-from .models.weights import get_weights, imagenet_categories, load_backbone_weights, read_state_dict
+from .models.weights import imagenet_categories, load_backbone_weights, read_state_dict
 from .preprocessing import Normalize
 
 
@@ -57,13 +57,12 @@ def run_demo(out: str, threads: int = 2) -> int:
     torch.set_num_threads(threads)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    get_weights("efficientnet_lite0").file()  # a clear error now if the weights package is missing
     model = dense_classifier()
     cats = imagenet_categories()
     photos = {"chelsea": data.chelsea(), "coffee": data.coffee(), "astronaut": data.astronaut()}
     print(f"EfficientNet-Lite0 ImageNet classifier, convolutionalized: {count_parameters(model):,d} parameters")
     for name, rgb in photos.items():
-        x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255)[None]
+        x = to_tensor(rgb)[None]
         t = time.perf_counter()
         with torch.inference_mode():
             scores = model(x)[0]

@@ -11,7 +11,6 @@ Sources:
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import re
