@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 import traceback
+from pathlib import Path
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -43,6 +44,46 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, threads=args.threads)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import load_config, train
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out={args.out}")
+    cfg = load_config(args.config, overrides)
+    train(cfg, resume=args.resume)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .data import build_dataset, eval_transforms
+    from .evaluate import evaluate, format_table, write_report
+    from .pretrained import load
+    from .train import resolve_amp, setup_distributed
+
+    rank, world, device = setup_distributed(args.device)
+    torch.set_num_threads(args.threads) if args.threads else None
+    model = load(args.model, device=device)
+    options = json.loads(args.dataset_options) if args.dataset_options else {}
+    ds = build_dataset(args.dataset, args.root, args.split, transforms=eval_transforms(), **options)
+    for problem in ds.check(skip_bad=args.skip_bad):
+        if rank == 0:
+            print(f"skipped: {problem}", file=sys.stderr)
+    out = Path(args.out)
+    result = evaluate(model, ds, device, amp_dtype=resolve_amp(args.amp, device), progress=True,
+                      pred_dir=out / "predictions" if args.save_predictions else None)
+    if rank == 0:
+        result.update(model=str(args.model), dataset=args.dataset, split=args.split)
+        write_report(result, out)
+        print(format_table(result))
+        print(f"{result['images_per_s']:.2f} images/s; wrote {out / 'metrics.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -61,6 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--threads", type=int, default=2)
     d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("train", help="train an FCN from a YAML config (key=value overrides)",
+                       description="Train an FCN. Config keys are documented in fcnseg.train.TrainConfig.")
+    t.add_argument("--config", help="YAML config (configs/*.yaml)")
+    t.add_argument("--resume", nargs="?", const="auto", help="resume from a checkpoint (default: OUT/last.pt)")
+    t.add_argument("--out", help="run folder (overrides the config's out)")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 lr=1e-3")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="pixel acc, mean acc, mean IU, fw IU of a model on a dataset")
+    e.add_argument("--model", required=True, help="a pretrained model name or a .safetensors file")
+    e.add_argument("--dataset", required=True, help="camvid, voc, sbd or folder")
+    e.add_argument("--root", required=True, help="the dataset folder")
+    e.add_argument("--split", default="val")
+    e.add_argument("--out", default="outputs/evaluate", help="folder for metrics.json and plots")
+    e.add_argument("--save-predictions", action="store_true", help="also write predicted label PNGs")
+    e.add_argument("--skip-bad", action="store_true", help="report and skip bad image/mask pairs")
+    e.add_argument("--dataset-options", help='extra dataset arguments as JSON, e.g. \'{"sbd_root": "..."}\'')
+    e.add_argument("--device", default="auto")
+    e.add_argument("--amp", default="off", choices=("off", "auto", "bf16", "fp16"))
+    e.add_argument("--threads", type=int)
+    e.set_defaults(func=_cmd_evaluate)
     return p
 
 

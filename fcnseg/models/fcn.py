@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.palettes import default_palette
 from ..preprocessing import Normalize, Preprocessing
 from .geometry import Affine
 from .trunks import STRIDES, build_trunk
@@ -59,6 +60,7 @@ class FCN(nn.Module):
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
         self.arch, self.num_classes, self.upsampling = arch, num_classes, upsampling
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.palette = default_palette(num_classes)  # colours for drawing; datasets and saved models set theirs
         self.normalize = Normalize(trunk.preprocessing)
         self.trunk = trunk
         geometry = dict(zip(STRIDES, trunk.geometry))
@@ -88,6 +90,17 @@ class FCN(nn.Module):
     @property
     def preprocessing(self) -> Preprocessing:
         return self.normalize.pre
+
+    @property
+    def backbone(self) -> str | None:
+        return getattr(self.trunk, "backbone", None)
+
+    def config(self) -> dict:
+        """What it takes to rebuild this model (without weights): stored with saved models."""
+        return {"arch": self.arch, "backbone": self.backbone, "num_classes": self.num_classes,
+                "padding": self.trunk.padding, "upsampling": self.upsampling, "class_names": self.class_names,
+                "palette": [list(map(int, c)) for c in self.palette],
+                "preprocessing": self.preprocessing.to_dict()}
 
     def score_layers(self) -> list[nn.Conv2d]:
         return [self.score_fr] + [getattr(self, SKIP_NAMES[s][0]) for s in self.skips]

@@ -260,4 +260,6 @@ def build_trunk(backbone: str, padding: str | None = None) -> nn.Module:
     if backbone not in TRUNKS:
         raise ValueError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}")
     builder, default = TRUNKS[backbone]
-    return builder(padding=padding or default)
+    trunk = builder(padding=padding or default)
+    trunk.backbone = backbone  # kept so a saved model can be rebuilt by name
+    return trunk

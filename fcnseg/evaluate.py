@@ -1,0 +1,188 @@
+"""Evaluation: one confusion matrix over a dataset at full label resolution, the paper's four metrics,
+per-class scores, plots and (optionally) the predicted label maps."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .metrics import ConfusionMatrix
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.inference_mode()
+def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: torch.dtype | None = None,
+             pred_dir: str | Path | None = None, progress: bool = False,
+             channels_last: bool = False) -> dict:
+    """Scores ``model`` on ``dataset`` (whole images, one at a time, at the labels' resolution).
+
+    Under ``torch.distributed`` each process takes every ``world``-th image and the confusion matrices are
+    summed, so every process returns the same scores.
+
+    Args:
+        model: an FCN (or a DDP wrapper of one).
+        dataset: a ``SegmentationDataset`` without random transforms.
+        device: where to run.
+        amp_dtype: autocast dtype (None: full precision).
+        pred_dir: if given, each prediction is written there as ``NAME.png`` (palette PNG of class indices).
+        progress: show a progress bar.
+        channels_last: run in channels-last memory format.
+
+    Returns:
+        ``pixel_acc``, ``mean_acc``, ``mean_iu``, ``fw_iu``, ``per_class_iu``, ``per_class_acc``,
+        ``class_names``, ``num_images``, ``images_per_s`` and ``confusion`` (a list of lists).
+    """
+    import time
+
+    net = getattr(model, "module", model)
+    if dataset.num_classes != net.num_classes:
+        raise ValueError(f"{dataset.name} has {dataset.num_classes} classes but the model scores {net.num_classes}")
+    was_training = net.training
+    net.eval()
+    rank, world = _rank_world()
+    cm = ConfusionMatrix(net.num_classes, device=device)
+    indices = range(rank, len(dataset), world)
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc="evaluate", leave=False)
+    if pred_dir is not None:
+        pred_dir = Path(pred_dir)
+        pred_dir.mkdir(parents=True, exist_ok=True)
+    start, n = time.perf_counter(), 0
+    for i in indices:
+        image, labels = dataset[i]
+        x = image.unsqueeze(0).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(torch.device(device).type, amp_dtype, enabled=amp_dtype is not None):
+            scores = net(x)
+        pred = scores.argmax(1)[0]
+        cm.update(labels.to(device), pred)
+        n += 1
+        if pred_dir is not None:
+            _save_labels(pred.cpu().numpy(), net.palette, pred_dir / f"{dataset.samples[i].name}.png")
+    elapsed = time.perf_counter() - start
+    cm.all_reduce()
+    counts = torch.tensor([n, elapsed], dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(counts)
+    net.train(was_training)
+    result = cm.compute()
+    result.update(class_names=list(net.class_names), num_images=int(counts[0]),
+                  images_per_s=float(counts[0] / counts[1] * world) if counts[1] > 0 else float("nan"),
+                  confusion=cm.mat.cpu().tolist())
+    return result
+
+
+def _save_labels(labels: np.ndarray, palette, path: Path) -> None:
+    from PIL import Image
+
+    im = Image.fromarray(labels.astype(np.uint8), mode="P")
+    flat = [v for c in palette for v in c]
+    im.putpalette(flat + [0] * (768 - len(flat)))
+    im.save(path)
+
+
+def format_table(result: dict) -> str:
+    """The per-class scores and the four means as a text table."""
+    def pct(v: float) -> str:
+        return "   -  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}"
+
+    names = result["class_names"]
+    width = max(12, *(len(n) for n in names))
+    lines = [f"{'class':{width}s}     IU    acc"]
+    for name, iu, acc in zip(names, result["per_class_iu"], result["per_class_acc"]):
+        lines.append(f"{name:{width}s} {pct(iu)} {pct(acc)}")
+    lines.append("-" * (width + 14))
+    for key, label in (("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"), ("mean_iu", "mean IU"),
+                       ("fw_iu", "f.w. IU")):
+        lines.append(f"{label:{width}s} {pct(result[key])}")
+    lines.append(f"{'images':{width}s} {result['num_images']:6d}")
+    return "\n".join(lines)
+
+
+def write_report(result: dict, out: str | Path) -> None:
+    """``metrics.json`` plus ``confusion_matrix.png`` and ``per_class_iu.png`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "per_class_acc", "class_names",
+            "num_images", "images_per_s", "confusion")
+    data = {k: result[k] for k in keys if k in result}
+    data.update({k: v for k, v in result.items() if k not in keys})
+    # NaN (a class that never occurs) is written as null: JSON has no NaN.
+    text = json.dumps(_nan_to_none(data), indent=1)
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(text)
+    tmp.replace(out / "metrics.json")
+    plot_confusion(result, out / "confusion_matrix.png")
+    plot_per_class_iu(result, out / "per_class_iu.png")
+
+
+def _nan_to_none(v):
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _nan_to_none(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_nan_to_none(x) for x in v]
+    return v
+
+
+def plot_confusion(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mat = np.asarray(result["confusion"], dtype=np.float64)
+    rows = mat / np.maximum(mat.sum(1, keepdims=True), 1)  # each true class's row sums to 1
+    names = result["class_names"]
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.5 + 0.45 * n))
+    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), names, rotation=90)
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if rows[i, j] >= 0.005:
+                    ax.text(j, i, f"{100 * rows[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_title(f"confusion (row-normalised), mean IU {100 * result['mean_iu']:.1f}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_per_class_iu(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = result["class_names"]
+    iu = [0.0 if v is None or math.isnan(v) else 100 * v for v in result["per_class_iu"]]
+    fig, ax = plt.subplots(figsize=(2 + 0.45 * len(names), 4))
+    ax.bar(range(len(names)), iu, color="tab:blue")
+    ax.axhline(100 * result["mean_iu"], color="tab:red", lw=1, label=f"mean IU {100 * result['mean_iu']:.1f}")
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("IU (%)")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

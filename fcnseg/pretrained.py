@@ -1,0 +1,42 @@
+"""Named pretrained FCNs shipped with fcnseg, and ``load`` for names and files alike."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_model
+
+HERE = Path(__file__).resolve().parent / "weights"
+
+# name -> file under fcnseg/weights/ (the model card sits beside it as NAME.md).
+PRETRAINED: dict[str, str] = {
+    "camvid-fcn8s-lite0": "camvid-fcn8s-lite0.safetensors",
+}
+
+
+def available() -> list[str]:
+    return [name for name, f in PRETRAINED.items() if (HERE / f).is_file()]
+
+
+def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """A ready-to-use FCN (eval mode) with its class names, palette and preprocessing.
+
+    Args:
+        name_or_path: a name from ``PRETRAINED`` (e.g. "camvid-fcn8s-lite0") or a ``.safetensors`` file
+            written by ``fcnseg.checkpoint.save_model`` (``fcnseg train`` writes ``best.safetensors``).
+        device: where to put it.
+    """
+    key = str(name_or_path)
+    if key in PRETRAINED:
+        path = HERE / PRETRAINED[key]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the weights of {key} are missing from this installation")
+        return load_model(path, device)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file, and not a pretrained name "
+                                f"(known: {', '.join(PRETRAINED)})")
+    return load_model(path, device)

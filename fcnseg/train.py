@@ -1,0 +1,599 @@
+"""Training: whole-image FCN training with a per-pixel multinomial logistic loss (ignore label 255).
+
+Two recipes, chosen with ``mode``:
+
+- ``heavy``: the paper's. Batch 1, whole images, loss summed over pixels (Caffe's ``normalize: false``),
+  SGD with momentum 0.99, a fixed tiny learning rate (1e-10 / 1e-12 / 1e-14 for FCN-32s / 16s / 8s),
+  weight decay 5e-4, biases at twice the learning rate without decay, final bilinear upsampling frozen.
+- ``modern``: batches of random crops padded by the collate (image 0, labels 255), mean loss, poly learning
+  rate with linear warm-up, SGD or AdamW, optional mixed precision and class weights.
+
+Both can sample the loss (the paper's patchwise training): each stride-``loss_sample_stride`` cell of the
+loss is kept with probability ``loss_sample``. Everything that is random draws from seeds derived from
+``(seed, epoch, image)``, so a resumed run, or one with another number of data workers, replays the same
+batches. Under ``torchrun`` the same command trains with DDP; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+from .data import IGNORE, build_dataset, eval_transforms, pad_collate, train_transforms
+from .data.transforms import seeded
+from .evaluate import evaluate, format_table, write_report
+from .models import build_model, staged_init
+
+# The authors' learning rates for unnormalised (summed) loss with batch 1, by architecture.
+HEAVY_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s-atonce": 1e-14}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; a YAML config sets any of these and ``key=value`` overrides them.
+
+    Model: ``arch``, ``backbone``, ``pretrained_backbone`` (weights name or file, None for random),
+    ``padding``, ``upsampling``, ``init_from`` (a saved ``.safetensors`` model or checkpoint to start from;
+    a coarser architecture is grown with the paper's staged initialisation).
+    Data: ``dataset`` ("camvid", "voc", "sbd", "folder"), ``root``, ``train_split``, ``val_split`` (None: no
+    validation), ``dataset_options`` (extra builder arguments, e.g. ``sbd_root``), ``skip_bad``.
+    Augmentation: ``crop`` ([H, W] or None for whole images), ``scale`` ([lo, hi] or None), ``flip``,
+    ``color_jitter``.
+    Optimisation: ``epochs``, ``max_steps`` (stop early), ``batch_size``, ``optimizer`` ("sgd", "adamw"),
+    ``lr`` (None: the heavy mode's per-architecture value), ``momentum``, ``weight_decay``, ``head_lr_mult``
+    (score and upsampling layers), ``bias_lr_mult``, ``bias_decay``, ``schedule`` ("poly", "constant"),
+    ``poly_power``, ``warmup_steps``, ``loss_reduction`` ("mean", "sum"), ``loss_sample`` (fraction of loss
+    cells kept), ``loss_sample_stride``, ``class_weights`` (None, "median_frequency", its square root
+    "sqrt_median_frequency" (milder), or a list).
+    Machine: ``device`` ("auto", "cpu", "cuda", "cuda:1"), ``amp`` ("off", "auto", "bf16", "fp16"),
+    ``channels_last``, ``workers``, ``threads``, ``seed``.
+    Output: ``out`` (run folder), ``val_every`` (epochs), ``log_every`` (steps), ``ckpt_every`` (steps; 0 = end
+    of each epoch only), ``tensorboard``.
+    """
+
+    mode: str = "modern"
+    arch: str = "fcn8s"
+    backbone: str = "efficientnet_lite0"
+    pretrained_backbone: str | None = "imagenet"
+    padding: str | None = None
+    upsampling: str = "paper"
+    init_from: str | None = None
+    dataset: str = "camvid"
+    root: str = "../shared/data/camvid"
+    train_split: str = "train"
+    val_split: str | None = "val"
+    dataset_options: dict = field(default_factory=dict)
+    skip_bad: bool = False
+    crop: list | None = field(default_factory=lambda: [288, 384])
+    scale: list | None = field(default_factory=lambda: [0.5, 2.0])
+    flip: bool = True
+    color_jitter: float = 0.0
+    epochs: int = 50
+    max_steps: int | None = None
+    batch_size: int = 8
+    optimizer: str = "adamw"
+    lr: float | None = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    head_lr_mult: float = 1.0
+    bias_lr_mult: float = 1.0
+    bias_decay: bool = True
+    schedule: str = "poly"
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+    loss_reduction: str = "mean"
+    loss_sample: float = 1.0
+    loss_sample_stride: int = 32
+    class_weights: str | list | None = None
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = False
+    workers: int = 2
+    threads: int | None = None
+    seed: int = 0
+    out: str = "runs/train"
+    val_every: int = 1
+    log_every: int = 10
+    ckpt_every: int = 0
+    tensorboard: bool = True
+
+
+HEAVY = dict(batch_size=1, crop=None, scale=None, flip=False, color_jitter=0.0, optimizer="sgd", lr=None,
+             momentum=0.99, weight_decay=5e-4, head_lr_mult=1.0, bias_lr_mult=2.0, bias_decay=False,
+             schedule="constant", warmup_steps=0, loss_reduction="sum", amp="off", upsampling="paper")
+MODES = ("modern", "heavy")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
+    """Defaults, then the mode's preset, then the YAML file, then ``key=value`` overrides (values in YAML)."""
+    import yaml
+
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a config must be a mapping of keys to values")
+    if isinstance(overrides, dict):
+        values.update(overrides)
+    else:
+        for item in overrides or []:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not key=value")
+            key, text = item.split("=", 1)
+            values[key.strip().replace("-", "_")] = yaml.safe_load(text) if text else None
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; valid keys: {', '.join(sorted(names))}")
+    mode = values.get("mode", "modern")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    merged = {**(HEAVY if mode == "heavy" else {}), **values}
+    if isinstance(merged.get("amp"), bool):  # YAML reads a bare off/on as a boolean
+        merged["amp"] = "auto" if merged["amp"] else "off"
+    cfg = TrainConfig(**merged)
+    if cfg.lr is None:
+        cfg.lr = HEAVY_LR[cfg.arch] if cfg.arch in HEAVY_LR else 1e-10
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.optimizer in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {cfg.optimizer!r}"),
+        (cfg.schedule in ("poly", "constant"), f"schedule must be poly or constant, got {cfg.schedule!r}"),
+        (cfg.loss_reduction in ("mean", "sum"), f"loss_reduction must be mean or sum, got {cfg.loss_reduction!r}"),
+        (0 < cfg.loss_sample <= 1, f"loss_sample must be in (0, 1], got {cfg.loss_sample}"),
+        (cfg.amp in ("off", "auto", "bf16", "fp16"), f"amp must be off, auto, bf16 or fp16, got {cfg.amp!r}"),
+        (cfg.batch_size >= 1 and cfg.epochs >= 1, "batch_size and epochs must be >= 1"),
+        (cfg.crop is None or len(cfg.crop) == 2, f"crop must be [H, W] or null, got {cfg.crop}"),
+        (cfg.scale is None or len(cfg.scale) == 2, f"scale must be [lo, hi] or null, got {cfg.scale}"),
+        (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
+    if cfg.crop is None and cfg.batch_size > 1:
+        warnings.warn("whole images of different sizes in one batch are padded (image 0, labels 255)", stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Machine: devices, precision, processes
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """Joins the process group when started by ``torchrun``; returns (rank, world size, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rank, world, dev
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it autocast is far slower."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device`` (None: full precision).
+
+    "auto" picks bf16 (or fp16 without bf16) on CUDA and full precision on the CPU, where bf16 is a win only
+    for some nets even on CPUs that compute it natively. bf16 asked for on a CPU without native bf16 falls
+    back to fp32 with a warning (it would be 40-180x slower); fp16 autocast is CUDA-only.
+    """
+    if amp == "off":
+        return None
+    if device.type == "cuda":
+        if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+            return torch.float16
+        return torch.bfloat16
+    if amp == "bf16":
+        if cpu_has_fast_bf16():
+            return torch.bfloat16
+        warnings.warn("this CPU has no native bf16 (AVX512-BF16/AMX): training in fp32 instead", stacklevel=2)
+    elif amp == "fp16":
+        warnings.warn("fp16 autocast needs CUDA: training in fp32 instead", stacklevel=2)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Data
+
+
+class Augmented(torch.utils.data.Dataset):
+    """A dataset whose items are addressed by ``(index, seed)``: the augmentation of each item depends only
+    on its seed, whatever worker or process loads it."""
+
+    def __init__(self, dataset, transform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        image, labels = self.dataset.load(index)
+        img = torch.from_numpy(image).permute(2, 0, 1)
+        return seeded(lambda: self.transform(img, torch.from_numpy(labels)), seed)
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1,
+                  drop_last: bool = True) -> list[list[tuple[int, int]]]:
+    """This process's batches of ``(index, seed)`` for one epoch: a shuffle drawn from ``(seed, epoch)``,
+    padded to a multiple of ``world`` and dealt out by rank (as ``DistributedSampler`` does)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    order += order[: (-n) % world]
+    mine = order[rank::world]
+    keys = [(i, (seed * 7919 + epoch) * 1_000_003 + i) for i in mine]
+    stop = len(keys) - len(keys) % batch_size if drop_last and len(keys) >= batch_size else len(keys)
+    return [keys[k:k + batch_size] for k in range(0, stop, batch_size)]
+
+
+def median_frequency_weights(counts: np.ndarray) -> torch.Tensor:
+    """Eigen & Fergus' median frequency balancing (SegNet's CamVid weights): median(f) / f_c, where f_c is
+    class c's pixel share in the images that contain it."""
+    freq = counts.astype(np.float64) / np.maximum(counts.sum(), 1)
+    med = np.median(freq[freq > 0])
+    return torch.tensor(np.where(freq > 0, med / np.maximum(freq, 1e-12), 0.0), dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Model, loss, optimiser
+
+
+def build(cfg: TrainConfig, class_names: list[str], palette) -> torch.nn.Module:
+    n = len(class_names)
+    if cfg.init_from:
+        src = Path(cfg.init_from)
+        if src.suffix == ".safetensors":
+            coarse = load_model(src)
+        else:
+            state = load_checkpoint(src)
+            c = state["config"]
+            coarse = build_model(c["arch"], c["backbone"], n, padding=c["padding"], upsampling=c["upsampling"],
+                                 class_names=class_names)
+            coarse.normalize.set(_preprocessing_of(state))
+            coarse.load_state_dict(state["model"])
+        if coarse.num_classes != n:
+            raise ValueError(f"{src}: model scores {coarse.num_classes} classes, the dataset has {n}")
+        model = coarse if coarse.arch == cfg.arch else staged_init(coarse, cfg.arch)
+        model.class_names = list(class_names)
+    else:
+        model = build_model(cfg.arch, cfg.backbone, n, cfg.pretrained_backbone, padding=cfg.padding,
+                            upsampling=cfg.upsampling, class_names=class_names)
+    model.palette = list(palette)[:n]
+    return model
+
+
+def _preprocessing_of(state: dict):
+    from .preprocessing import Preprocessing
+
+    return Preprocessing.from_dict(state["preprocessing"])
+
+
+def param_groups(model, cfg: TrainConfig) -> list[dict]:
+    """Trunk weights at ``lr``; score and upsampling layers at ``lr * head_lr_mult``; biases (and norm
+    parameters) at ``bias_lr_mult`` times their layer's rate, without weight decay unless ``bias_decay``."""
+    head_ids = {id(p) for m in [*model.score_layers(), *model.upsample_layers()] for p in m.parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault((id(p) in head_ids, p.dim() <= 1), []).append(p)
+    out = []
+    for (head, bias), params in sorted(groups.items()):
+        lr = cfg.lr * (cfg.head_lr_mult if head else 1.0) * (cfg.bias_lr_mult if bias else 1.0)
+        decay = cfg.weight_decay if (not bias or cfg.bias_decay) else 0.0
+        out.append({"params": params, "lr": lr, "weight_decay": decay, "name": ("head" if head else "trunk")
+                    + ("_bias" if bias else "")})
+    return out
+
+
+def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    def f(step: int) -> float:
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        if cfg.schedule == "constant":
+            return warm
+        return warm * max(0.0, 1 - step / max(total_steps, 1)) ** cfg.poly_power
+    return f
+
+
+def segmentation_loss(scores: torch.Tensor, target: torch.Tensor, *, weight: torch.Tensor | None = None,
+                      reduction: str = "mean", sample: float = 1.0, stride: int = 32) -> torch.Tensor:
+    """Per-pixel multinomial logistic loss, ignoring label 255.
+
+    With ``sample < 1`` each ``stride x stride`` cell of the loss is kept with probability ``sample`` (the
+    paper's loss sampling, equivalent to patchwise training); the others are ignored for this step.
+    """
+    if sample < 1.0:
+        n, h, w = target.shape
+        keep = torch.rand(n, 1, -(-h // stride), -(-w // stride), device=target.device) < sample
+        keep = keep.repeat_interleave(stride, 2).repeat_interleave(stride, 3)[:, 0, :h, :w]
+        target = target.masked_fill(~keep, IGNORE)
+    if not (target != IGNORE).any():  # nothing to learn from (all ignored): a zero that keeps the graph
+        return scores.sum() * 0.0
+    return F.cross_entropy(scores.float(), target, weight=weight, ignore_index=IGNORE, reduction=reduction)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[0]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_pos"], tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(cfg: TrainConfig, resume: str | None = None) -> dict:
+    """Runs training; returns the last validation scores (or an empty dict without validation)."""
+    rank, world, device = setup_distributed(cfg.device)
+    main = rank == 0
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    opts = dict(cfg.dataset_options)
+    aug = train_transforms(tuple(cfg.scale) if cfg.scale else None, tuple(cfg.crop) if cfg.crop else None,
+                           cfg.flip, cfg.color_jitter)
+    train_ds = build_dataset(cfg.dataset, cfg.root, cfg.train_split, **opts)
+    problems = train_ds.check(skip_bad=cfg.skip_bad)
+    val_ds = None
+    if cfg.val_split:
+        val_ds = build_dataset(cfg.dataset, cfg.root, cfg.val_split, transforms=eval_transforms(), **opts)
+        problems += val_ds.check(skip_bad=cfg.skip_bad)
+    if main:
+        for p in problems:
+            print(f"skipped: {p}", file=sys.stderr)
+    model = build(cfg, train_ds.class_names, train_ds.palette).to(device)
+    weight = None
+    if cfg.class_weights in ("median_frequency", "sqrt_median_frequency"):
+        weight = median_frequency_weights(train_ds.class_frequencies())
+        weight = (weight.sqrt() if cfg.class_weights.startswith("sqrt") else weight).to(device)
+    elif isinstance(cfg.class_weights, list):
+        if len(cfg.class_weights) != train_ds.num_classes:
+            raise ValueError(f"class_weights has {len(cfg.class_weights)} values for {train_ds.num_classes} classes")
+        weight = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
+    elif cfg.class_weights is not None:
+        raise ValueError("class_weights must be null, median_frequency, sqrt_median_frequency or a list; "
+                         f"got {cfg.class_weights!r}")
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    optimizer = make_optimizer(param_groups(model, cfg), cfg)
+    drop_last = cfg.batch_size > 1
+    steps_per_epoch = len(epoch_batches(len(train_ds), cfg.batch_size, 0, cfg.seed, rank, world, drop_last))
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+
+    epoch, start_batch, step, best = 0, 0, 0, -1.0
+    if resume:
+        ckpt = Path(resume) if resume != "auto" else out / "last.pt"
+        if resume == "auto" and not ckpt.exists():
+            ckpt = None
+            if main:
+                print(f"no checkpoint at {out / 'last.pt'}: starting fresh")
+        if ckpt is not None:
+            state = load_checkpoint(ckpt)
+            if state["config"]["arch"] != cfg.arch or state["config"]["backbone"] != cfg.backbone:
+                raise ValueError(f"{ckpt}: checkpoint is a {state['config']['arch']} {state['config']['backbone']}, "
+                                 f"the config asks for a {cfg.arch} {cfg.backbone}")
+            try:
+                model.load_state_dict(state["model"])
+            except RuntimeError as e:
+                raise ValueError(f"{ckpt}: checkpoint does not fit the model ({str(e).splitlines()[0]})") from None
+            model.normalize.set(_preprocessing_of(state))
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            epoch, start_batch, step, best = state["epoch"], state["batch"], state["step"], state["best"]
+            _set_rng_state(state["rng"])
+            if main:
+                print(f"resumed from {ckpt}: epoch {epoch}, step {step}")
+
+    net = model
+    if world > 1:
+        if device.type == "cuda":
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+
+    logger = _Logger(out, cfg, step) if main else None
+
+    def checkpoint(epoch_: int, batch_: int) -> None:
+        if not main:
+            return
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
+                         "batch": batch_, "step": step, "best": best, "rng": _rng_state(), "config": asdict(cfg),
+                         "preprocessing": model.preprocessing.to_dict()}, out / "last.pt")
+
+    result: dict = {}
+    loader_args = dict(num_workers=cfg.workers, collate_fn=pad_collate, pin_memory=device.type == "cuda")
+    augmented = Augmented(train_ds, aug)
+    while epoch < cfg.epochs and step < total_steps:
+        batches = epoch_batches(len(train_ds), cfg.batch_size, epoch, cfg.seed, rank, world, drop_last)
+        loader = torch.utils.data.DataLoader(augmented, batch_sampler=batches[start_batch:], **loader_args)
+        net.train()
+        bar = _progress(main, len(batches), start_batch, f"epoch {epoch + 1}/{cfg.epochs}")
+        tick, seen = time.perf_counter(), 0
+        for b, (images, labels) in enumerate(loader, start=start_batch):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
+                scores = net(images)
+            loss = segmentation_loss(scores, labels, weight=weight, reduction=cfg.loss_reduction,
+                                     sample=cfg.loss_sample, stride=cfg.loss_sample_stride)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step} (epoch {epoch + 1}); "
+                                         f"lower lr (now {scheduler.get_last_lr()[0]:.3g}) or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            seen += images.shape[0] * world
+            if main:
+                rate = seen / (time.perf_counter() - tick)
+                logger.step(step, epoch + 1, loss.item(), scheduler.get_last_lr()[0], rate)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4g}", img_s=f"{rate:.1f}")
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and b + 1 < len(batches):
+                checkpoint(epoch, b + 1)
+            if step >= total_steps:
+                break
+        bar.close()
+        epoch, start_batch = epoch + 1, 0
+        last = epoch >= cfg.epochs or step >= total_steps
+        if val_ds is not None and (epoch % cfg.val_every == 0 or last):
+            result = evaluate(net, val_ds, device, amp_dtype=amp_dtype, channels_last=cfg.channels_last)
+            if main:
+                logger.val(step, epoch, result)
+                if result["mean_iu"] > best:
+                    best = result["mean_iu"]
+                    save_model(model, out / "best.safetensors", epoch=epoch, step=step, val=_brief(result),
+                               dataset=cfg.dataset, split=cfg.val_split)
+        checkpoint(epoch, 0)
+    if main:
+        save_model(model, out / "model.safetensors", epoch=epoch, step=step, dataset=cfg.dataset,
+                   val=_brief(result) if result else None)
+        if result:
+            write_report(result, out / "val")
+            print(format_table(result))
+        logger.close()
+    if world > 1:
+        dist.barrier()
+    return result
+
+
+def _brief(result: dict) -> dict:
+    return {k: result[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu")}
+
+
+def _progress(main: bool, total: int, initial: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not main or not sys.stderr.isatty(), leave=False)
+
+
+class _Logger:
+    """CSV logs (``train_log.csv``, ``val_log.csv``), TensorBoard (``tb/``) and a line per ``log_every`` steps
+    when there is no terminal for the progress bar."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, step: int) -> None:
+        import yaml
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        self.out, self.cfg, self.t0 = out, cfg, time.perf_counter()
+        # On resume, rows written after the checkpoint are dropped: the run replays those steps.
+        self.train_csv = self._open("train_log.csv", ["step", "epoch", "loss", "lr", "images_per_s", "seconds"], step)
+        self.val_csv = self._open("val_log.csv", ["step", "epoch", "pixel_acc", "mean_acc", "mean_iu", "fw_iu",
+                                                  "images_per_s"], step)
+        self.tb = None
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tb"), purge_step=step or None)
+            except ImportError:
+                warnings.warn("tensorboard is not installed: CSV logs only", stacklevel=2)
+        self.tty = sys.stderr.isatty()
+
+    def _open(self, name: str, header: list[str], step: int):
+        path = self.out / name
+        rows = []
+        if step and path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.reader(f)][1:]
+            rows = [r for r in rows if r and int(r[0]) <= step]
+        f = open(path, "w", newline="")  # noqa: SIM115 - kept open for the run
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+        f.flush()
+        return f, w
+
+    def step(self, step: int, epoch: int, loss: float, lr: float, rate: float) -> None:
+        f, w = self.train_csv
+        w.writerow([step, epoch, f"{loss:.6g}", f"{lr:.6g}", f"{rate:.3f}", f"{time.perf_counter() - self.t0:.1f}"])
+        if step % self.cfg.log_every == 0:
+            f.flush()
+            if self.tb:
+                self.tb.add_scalar("train/loss", loss, step)
+                self.tb.add_scalar("train/lr", lr, step)
+                self.tb.add_scalar("train/images_per_s", rate, step)
+            if not self.tty:
+                print(f"step {step} epoch {epoch} loss {loss:.4g} lr {lr:.3g} {rate:.1f} img/s", flush=True)
+
+    def val(self, step: int, epoch: int, r: dict) -> None:
+        f, w = self.val_csv
+        w.writerow([step, epoch] + [f"{r[k]:.6f}" for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")]
+                   + [f"{r['images_per_s']:.3f}"])
+        f.flush()
+        if self.tb:
+            for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):
+                self.tb.add_scalar(f"val/{k}", r[k], step)
+        print(f"val epoch {epoch} step {step}: pixel acc {100 * r['pixel_acc']:.2f} mean acc "
+              f"{100 * r['mean_acc']:.2f} mean IU {100 * r['mean_iu']:.2f} fw IU {100 * r['fw_iu']:.2f} "
+              f"({r['images_per_s']:.1f} img/s)", flush=True)
+
+    def close(self) -> None:
+        for f, _ in (self.train_csv, self.val_csv):
+            f.close()
+        if self.tb:
+            self.tb.close()
+
