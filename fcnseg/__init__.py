@@ -2,6 +2,7 @@
 
 from .models import ARCHS, BACKBONES, FCN, build_model, convolutionalize, staged_init
 from .preprocessing import Preprocessing
+from .pretrained import load
 
 __version__ = "0.1.0"
-__all__ = ["ARCHS", "BACKBONES", "FCN", "Preprocessing", "build_model", "convolutionalize", "staged_init"]
+__all__ = ["ARCHS", "BACKBONES", "FCN", "Preprocessing", "build_model", "convolutionalize", "load", "staged_init"]

@@ -84,6 +84,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .predict import predict_files
+    from .pretrained import load
+    from .train import setup_distributed
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    _, _, device = setup_distributed(args.device)
+    model = load(args.model, device=device)
+    predict_files(model, args.inputs, args.out, max_size=args.max_size, save_overlay=not args.no_overlay)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -106,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an FCN from a YAML config (key=value overrides)",
                        description="Train an FCN. Config keys are documented in fcnseg.train.TrainConfig.")
     t.add_argument("--config", help="YAML config (configs/*.yaml)")
-    t.add_argument("--resume", nargs="?", const="auto", help="resume from a checkpoint (default: OUT/last.pt)")
+    t.add_argument("--resume", action="store_const", const="auto", help="resume from OUT/last.pt if it exists")
+    t.add_argument("--resume-from", dest="resume", metavar="CKPT", help="resume from this checkpoint")
     t.add_argument("--out", help="run folder (overrides the config's out)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 lr=1e-3")
     t.set_defaults(func=_cmd_train)
@@ -124,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--amp", default="off", choices=("off", "auto", "bf16", "fp16"))
     e.add_argument("--threads", type=int)
     e.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser("predict", help="segment images: label PNGs, overlays, class shares")
+    r.add_argument("inputs", nargs="+", help="image files or folders of images")
+    r.add_argument("--model", default="camvid-fcn8s-lite0", help="a pretrained model name or a .safetensors file")
+    r.add_argument("--out", default="outputs/predict")
+    r.add_argument("--max-size", type=int, help="downscale images whose long side exceeds this")
+    r.add_argument("--no-overlay", action="store_true", help="write label maps only")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--threads", type=int)
+    r.set_defaults(func=_cmd_predict)
     return p
 
 

@@ -453,13 +453,17 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     def checkpoint(epoch_: int, batch_: int) -> None:
         if not main:
             return
+        logger.flush()  # log rows up to this step survive a kill, as the checkpoint does
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
                          "batch": batch_, "step": step, "best": best, "rng": _rng_state(), "config": asdict(cfg),
                          "preprocessing": model.preprocessing.to_dict()}, out / "last.pt")
 
     result: dict = {}
-    loader_args = dict(num_workers=cfg.workers, collate_fn=pad_collate, pin_memory=device.type == "cuda")
+    # A private generator: creating a loader must not draw from the global RNG (the loss sampling's), or a
+    # run resumed mid-epoch would draw differently from an uninterrupted one. Items carry their own seeds.
+    loader_args = dict(num_workers=cfg.workers, collate_fn=pad_collate, pin_memory=device.type == "cuda",
+                       generator=torch.Generator().manual_seed(cfg.seed))
     augmented = Augmented(train_ds, aug)
     while epoch < cfg.epochs and step < total_steps:
         batches = epoch_batches(len(train_ds), cfg.batch_size, epoch, cfg.seed, rank, world, drop_last)
@@ -590,6 +594,11 @@ class _Logger:
         print(f"val epoch {epoch} step {step}: pixel acc {100 * r['pixel_acc']:.2f} mean acc "
               f"{100 * r['mean_acc']:.2f} mean IU {100 * r['mean_iu']:.2f} fw IU {100 * r['fw_iu']:.2f} "
               f"({r['images_per_s']:.1f} img/s)", flush=True)
+
+    def flush(self) -> None:
+        for f, _ in (self.train_csv, self.val_csv):
+            f.flush()
+            os.fsync(f.fileno())
 
     def close(self) -> None:
         for f, _ in (self.train_csv, self.val_csv):
