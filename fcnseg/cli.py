@@ -41,7 +41,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.out, threads=args.threads)
+    return run_demo(args.out, threads=args.threads, classifier=args.classifier)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -113,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int, default=2)
     m.set_defaults(func=_cmd_models)
 
-    d = sub.add_parser("demo", help="a classifier made fully convolutional, run on real photos")
+    d = sub.add_parser("demo", help="the shipped CamVid model on street photos (--classifier: a convolutionalized "
+                                    "ImageNet classifier)")
     d.add_argument("--out", default="outputs/demo")
+    d.add_argument("--classifier", action="store_true", help="run the convolutionalized classifier demo instead")
     d.add_argument("--threads", type=int, default=2)
     d.set_defaults(func=_cmd_demo)
 
