@@ -74,8 +74,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if rank == 0:
             print(f"skipped: {problem}", file=sys.stderr)
     out = Path(args.out)
+    if not args.no_channels_last:  # about 2x faster for the Lite trunks on CPU (benchmarks/train_throughput.py)
+        model = model.to(memory_format=torch.channels_last)
     result = evaluate(model, ds, device, amp_dtype=resolve_amp(args.amp, device), progress=True,
-                      pred_dir=out / "predictions" if args.save_predictions else None)
+                      pred_dir=out / "predictions" if args.save_predictions else None,
+                      channels_last=not args.no_channels_last)
     if rank == 0:
         result.update(model=str(args.model), dataset=args.dataset, split=args.split)
         write_report(result, out)
@@ -141,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--amp", default="off", choices=("off", "auto", "bf16", "fp16"))
     e.add_argument("--threads", type=int)
+    e.add_argument("--no-channels-last", action="store_true", help="keep the default memory format")
     e.set_defaults(func=_cmd_evaluate)
 
     r = sub.add_parser("predict", help="segment images: label PNGs, overlays, class shares")

@@ -55,7 +55,7 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     if progress and rank == 0:
         from tqdm import tqdm
 
-        indices = tqdm(indices, desc="evaluate", leave=False)
+        indices = tqdm(indices, desc="evaluate", leave=False, disable=None)  # None: no bar without a terminal
     if pred_dir is not None:
         pred_dir = Path(pred_dir)
         pred_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,70 @@
+"""The shipped CamVid model: what it carries, what it segments, and the demo that shows it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fcnseg
+from fcnseg.data import CAMVID_CLASSES, CAMVID_PALETTE, build_dataset, eval_transforms
+from fcnseg.evaluate import evaluate
+from fcnseg.pretrained import HERE, PRETRAINED
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "camvid-fcn8s-lite0"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fcnseg.load(NAME)
+
+
+def test_shipped_file_is_small_safetensors_with_a_model_card():
+    path = HERE / PRETRAINED[NAME]
+    assert path.suffix == ".safetensors" and path.stat().st_size <= 25 * 1024 * 1024
+    card = (HERE / f"{NAME}.md").read_text()
+    for needed in ("CC BY-NC 4.0", "fcnseg train --config configs/camvid-fcn8s-lite0.yaml", "mean IU",
+                   "fcnseg evaluate --model camvid-fcn8s-lite0"):
+        assert needed in card
+
+
+def test_it_carries_classes_palette_and_preprocessing(model):
+    assert model.arch == "fcn8s" and model.backbone == "efficientnet_lite0" and not model.training
+    assert model.class_names == CAMVID_CLASSES
+    assert [tuple(c) for c in model.palette] == CAMVID_PALETTE
+    assert model.preprocessing.name == "tf-lite" and model.preprocessing.scale == 255.0
+    assert model.info["val"]["mean_iu"] >= 0.60
+
+
+def test_it_segments_the_demo_photo(model):
+    labels = model.predict(REPO / "fcnseg" / "demo_images" / "leuvenA.jpg").numpy()
+    shares = np.bincount(labels.ravel(), minlength=11) / labels.size
+    top3 = {CAMVID_CLASSES[k] for k in np.argsort(-shares)[:3]}
+    assert {"building", "sky"} <= top3, dict(zip(CAMVID_CLASSES, shares.round(3)))
+    # Sky is above the buildings: its mean row is in the upper part of the photo.
+    rows = np.nonzero(labels == CAMVID_CLASSES.index("sky"))[0]
+    assert rows.mean() < 0.4 * labels.shape[0]
+
+
+def test_it_scores_camvid_val(model, shared_data):
+    val = build_dataset("camvid", shared_data / "camvid", "val", transforms=eval_transforms())
+    val.samples = val.samples[::5]  # 21 of the 101 images, to keep the suite fast
+    result = evaluate(model, val)
+    assert result["num_images"] == 21
+    assert result["mean_iu"] > 0.55 and result["pixel_acc"] > 0.85
+
+
+def test_demo_writes_sheets_and_shares(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "fcnseg.cli", "demo", "--out", str(tmp_path)], capture_output=True,
+                       text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert r.returncode == 0, r.stderr
+    assert "leuvenA.jpg: 751x563" in r.stdout and "building" in r.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary) == 2
+    for stem in ("leuvenA", "leuvenB"):
+        for suffix in ("_sheet.jpg", "_overlay.jpg", ".png"):
+            assert (tmp_path / f"{stem}{suffix}").is_file()
