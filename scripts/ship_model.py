@@ -38,6 +38,8 @@ def main() -> None:
     train_rate = sum(float(r["images_per_s"]) for r in rows[-50:]) / min(50, len(rows))
     best = max(val_rows, key=lambda r: float(r["mean_iu"]))
 
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
     dest = REPO / "fcnseg" / "weights"
     dest.mkdir(exist_ok=True)
     shutil.copyfile(args.run / "best.safetensors", dest / f"{args.name}.safetensors")
@@ -70,8 +72,9 @@ Upsampling "{cfg['upsampling']}": the skip upsamplings are learned from bilinear
 
     fcnseg train --config {config}
 
-Training took {seconds / 60:.0f} min of wall time on this project's 2-core CPU machine
-({len(rows)} steps, about {train_rate:.1f} training images/s at the end). The checkpoint kept is the best
+Training took {seconds / 60:.0f} min of wall time on this project's 2-core CPU machine ({cpu}; other work shared
+the machine at times, so this is an upper bound; {len(rows)} steps, about {train_rate:.1f} training images/s
+over the last 50 steps). The checkpoint kept is the best
 val mean IU, from epoch {best['epoch']} (step {best['step']}).
 
 ## Validation scores (CamVid val, 101 images, full 480x360)

@@ -207,7 +207,7 @@ def to_tensor(image) -> torch.Tensor:
         if image.ndim != 3 or image.shape[2] not in (3, 4):
             raise ValueError(f"expected an HxWx3 image array; got shape {image.shape}")
         scale = 65535.0 if image.dtype == np.uint16 else 255.0 if image.dtype == np.uint8 else 1.0
-        return torch.from_numpy(np.ascontiguousarray(image[:, :, :3])).permute(2, 0, 1).float() / scale
+        return torch.from_numpy(np.array(image[:, :, :3])).permute(2, 0, 1).float() / scale  # a writable copy
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) image tensor; got shape {tuple(image.shape)}")
