@@ -63,7 +63,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import build_dataset, eval_transforms
     from .evaluate import evaluate, format_table, write_report
     from .pretrained import load
-    from .train import resolve_amp, setup_distributed
+    from .train import finish_distributed, resolve_amp, setup_distributed
 
     rank, world, device = setup_distributed(args.device)
     torch.set_num_threads(args.threads) if args.threads else None
@@ -84,6 +84,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         write_report(result, out)
         print(format_table(result))
         print(f"{result['images_per_s']:.2f} images/s; wrote {out / 'metrics.json'}")
+    finish_distributed()
     return 0
 
 

@@ -197,6 +197,14 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return rank, world, dev
 
 
+def finish_distributed() -> None:
+    """Waits for every process, then leaves the group: a process that exits while gloo's threads still run
+    aborts ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it autocast is far slower."""
     try:
@@ -518,8 +526,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             write_report(result, out / "val")
             print(format_table(result))
         logger.close()
-    if world > 1:
-        dist.barrier()
+    finish_distributed()
     return result
 
 
