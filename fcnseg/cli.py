@@ -50,6 +50,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out={args.out}")
+    if args.skip_bad:
+        overrides.append("skip_bad=true")
     cfg = load_config(args.config, overrides)
     train(cfg, resume=args.resume)
     return 0
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_const", const="auto", help="resume from OUT/last.pt if it exists")
     t.add_argument("--resume-from", dest="resume", metavar="CKPT", help="resume from this checkpoint")
     t.add_argument("--out", help="run folder (overrides the config's out)")
+    t.add_argument("--skip-bad", action="store_true", help="report and skip bad image/mask pairs (skip_bad=true)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 lr=1e-3")
     t.set_defaults(func=_cmd_train)
 

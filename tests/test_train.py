@@ -138,8 +138,8 @@ def test_bad_data_stops_before_training(tmp_path, shapes):
     r = _cli("train", *[f"{k}={v}" for k, v in tiny(shapes, tmp_path / "run2").items() if k != "crop"],
              "crop=[48, 64]", "scale=null")
     assert r.returncode == 2 and "img002.png: label values [9]" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("train", *[f"{k}={v}" for k, v in tiny(shapes, tmp_path / "run3", skip_bad=True, epochs=1).items()
-                        if k not in ("crop", "scale")], "crop=[48, 64]", "scale=null")
+    r = _cli("train", "--skip-bad", *[f"{k}={v}" for k, v in tiny(shapes, tmp_path / "run3", epochs=1).items()
+                                      if k not in ("crop", "scale")], "crop=[48, 64]", "scale=null")
     assert r.returncode == 0, r.stderr
     assert "skipped:" in r.stderr and "img002.png" in r.stderr
 
