@@ -20,7 +20,8 @@ from .preprocessing import Preprocessing
 FORMAT = "fcnseg-model-1"
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Calls ``write(tmp)`` on a temporary file beside ``path``, then renames it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -51,7 +52,7 @@ def save_model(model: FCN, path: str | os.PathLike, **info) -> Path:
     model = getattr(model, "module", model)
     meta = {"format": FORMAT, "model": model.config(), "info": info}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"fcnseg": json.dumps(meta)}))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"fcnseg": json.dumps(meta)}))
     return Path(path)
 
 
@@ -95,7 +96,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     """Atomically writes a training checkpoint (tensors, numbers, strings, lists and dicts only)."""
-    _atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

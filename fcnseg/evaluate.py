@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .checkpoint import atomic_write
+from .data.palettes import label_image
 from .metrics import ConfusionMatrix
 
 
@@ -71,7 +73,7 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
         cm.update(labels.to(device), pred)
         n += 1
         if pred_dir is not None:
-            _save_labels(pred.cpu().numpy(), net.palette, pred_dir / f"{dataset.samples[i].name}.png")
+            label_image(pred.cpu().numpy(), net.palette).save(pred_dir / f"{dataset.samples[i].name}.png")
     elapsed = time.perf_counter() - start
     cm.all_reduce()
     counts = torch.tensor([n, elapsed], dtype=torch.float64, device=device)
@@ -83,15 +85,6 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
                   images_per_s=float(counts[0] / counts[1] * world) if counts[1] > 0 else float("nan"),
                   confusion=cm.mat.cpu().tolist())
     return result
-
-
-def _save_labels(labels: np.ndarray, palette, path: Path) -> None:
-    from PIL import Image
-
-    im = Image.fromarray(labels.astype(np.uint8), mode="P")
-    flat = [v for c in palette for v in c]
-    im.putpalette(flat + [0] * (768 - len(flat)))
-    im.save(path)
 
 
 def format_table(result: dict) -> str:
@@ -122,9 +115,7 @@ def write_report(result: dict, out: str | Path) -> None:
     data.update({k: v for k, v in result.items() if k not in keys})
     # NaN (a class that never occurs) is written as null: JSON has no NaN.
     text = json.dumps(_nan_to_none(data), indent=1)
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "metrics.json")
+    atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(text))
     plot_confusion(result, out / "confusion_matrix.png")
     plot_per_class_iu(result, out / "per_class_iu.png")
 

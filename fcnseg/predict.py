@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,8 +15,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .checkpoint import atomic_write
 from .data.datasets import IMAGE_EXTS
-from .data.palettes import overlay
+from .data.palettes import label_image, overlay
 
 DEFAULT_MODEL = "camvid-fcn8s-lite0"
 
@@ -70,14 +70,8 @@ def class_shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def _save_atomic(im: Image.Image, path: Path, **kw) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        im.save(tmp, **kw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # The temporary name has no image suffix, so the format is given from the final name.
+    atomic_write(path, lambda tmp: im.save(tmp, format=Image.registered_extensions()[path.suffix.lower()], **kw))
 
 
 def predict_files(model, inputs: list, out: str | os.PathLike, *, max_size: int | None = None,
@@ -92,17 +86,13 @@ def predict_files(model, inputs: list, out: str | os.PathLike, *, max_size: int 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = model.class_names
-    flat = [v for c in model.palette for v in c]
-    flat += [0] * (768 - len(flat))
     segment(model, images[0][:64, :64])  # warm-up, so the first timing is not the allocator's
     results = []
     for f, image in zip(files, images):
         t = time.perf_counter()
         labels = segment(model, image, max_size)
         ms = 1000 * (time.perf_counter() - t)
-        lab = Image.fromarray(labels.astype(np.uint8), mode="P")
-        lab.putpalette(flat)
-        _save_atomic(lab, out / f"{f.stem}.png")
+        _save_atomic(label_image(labels, model.palette), out / f"{f.stem}.png")
         if save_overlay:
             _save_atomic(Image.fromarray(overlay(image, labels, model.palette, alpha)), out / f"{f.stem}_overlay.jpg",
                          quality=90)

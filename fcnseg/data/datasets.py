@@ -8,7 +8,6 @@ Labels come out in ``[0, num_classes)`` or 255 (ignored); anything else is an er
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,6 +399,3 @@ def build_dataset(name: str, root, split: str | None, transforms=None, **kwargs)
     args = {"transforms": transforms, **kwargs}
     return DATASETS[name](root, split, **args) if split is not None else DATASETS[name](root, **args)
 
-
-def dataset_info(ds: SegmentationDataset) -> str:
-    return json.dumps({"name": ds.name, "images": len(ds), "classes": ds.class_names})

@@ -51,3 +51,13 @@ def overlay(image: np.ndarray, labels: np.ndarray, palette, alpha: float = 0.5) 
     """The colourised labels blended over an ``HxWx3`` uint8 image."""
     colour = colorize(labels, palette).astype(np.float32)
     return (image.astype(np.float32) * (1 - alpha) + colour * alpha).round().astype(np.uint8)
+
+
+def label_image(labels: np.ndarray, palette):
+    """A palette PNG image (mode P) of class indices, drawn with ``palette``."""
+    from PIL import Image
+
+    im = Image.fromarray(np.asarray(labels).astype(np.uint8), mode="P")
+    flat = [int(v) for c in palette for v in c]
+    im.putpalette(flat + [0] * (768 - len(flat)))
+    return im
