@@ -95,11 +95,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from .predict import predict_files
     from .pretrained import load
-    from .train import setup_distributed
+    from .train import resolve_device
 
     torch.set_num_threads(args.threads) if args.threads else None
-    _, _, device = setup_distributed(args.device)
-    model = load(args.model, device=device)
+    model = load(args.model, device=resolve_device(args.device))
     predict_files(model, args.inputs, args.out, max_size=args.max_size, save_overlay=not args.no_overlay)
     print(f"wrote {args.out}")
     return 0

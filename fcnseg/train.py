@@ -180,17 +180,23 @@ def _validate(cfg: TrainConfig) -> None:
 # Machine: devices, precision, processes
 
 
-def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """Joins the process group when started by ``torchrun``; returns (rank, world size, device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> CUDA where available, else CPU; a bare "cuda" under ``torchrun`` -> this process's GPU."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else torch.cuda.current_device())
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    return dev
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """Joins the process group when started by ``torchrun``; returns (rank, world size, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
