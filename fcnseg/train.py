@@ -257,9 +257,8 @@ class Augmented(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         index, seed = key
-        image, labels = self.dataset.load(index)
-        img = torch.from_numpy(image).permute(2, 0, 1)
-        return seeded(lambda: self.transform(img, torch.from_numpy(labels)), seed)
+        image, labels = self.dataset.tensors(index)
+        return seeded(lambda: self.transform(image, labels), seed)
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1,

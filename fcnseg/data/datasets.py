@@ -130,10 +130,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
                                f"{self.samples[i].image.name} is {image.shape[1]}x{image.shape[0]}")
         return image, labels
 
-    def __getitem__(self, i: int):
+    def tensors(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``load(i)`` as a uint8 ``(3, H, W)`` image tensor and int64 ``(H, W)`` labels, untransformed."""
         image, labels = self.load(i)
-        img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        lab = torch.from_numpy(labels)
+        return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(labels)
+
+    def __getitem__(self, i: int):
+        img, lab = self.tensors(i)
         if self.transforms is None:
             return img.float() / 255.0, lab
         return self.transforms(img, lab)
