@@ -69,7 +69,7 @@ def run_demo(out: str, threads: int = 2, classifier: bool = False, model: str = 
     print(f"{model}: {net.arch} on {net.backbone}, {count_parameters(net):,d} parameters, classes "
           f"{', '.join(net.class_names)}; loaded in {time.perf_counter() - t:.1f} s")
     photos = sorted(DEMO_IMAGES.glob("*.jpg"))
-    results = predict_files(net, photos, out_dir)
+    results, _ = predict_files(net, photos, out_dir, progress=False)
     # A side-by-side sheet per photo: the photo, the overlay, and a legend of the classes present.
     for r in results:
         stem = Path(r["image"]).stem

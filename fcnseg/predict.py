@@ -1,106 +1,363 @@
-"""Inference on image files of any size: label maps, overlays, class shares and timings.
+"""Inference on images of any size: label maps, overlays, class probabilities, class shares and timings.
 
-An FCN takes the whole image at once; ``max_size`` only bounds the work for very large photos (the labels
-are computed on a downscaled copy and brought back to full size with nearest-neighbour).
+An FCN takes a whole image at once. Images with more pixels than ``tile * tile`` are cut into overlapping
+``tile x tile`` windows whose softmax probabilities are blended with weights that fall off towards each
+window's edge, so seams don't show; windows are processed one row at a time and finished rows are
+written out, so memory stays bounded by the tile size and the image width, whatever the height.
+
+``model`` is anything that maps an ``(N, 3, H, W)`` float tensor in [0, 1] to ``(N, C, H, W)`` scores and
+has ``num_classes``, ``class_names`` and ``palette``: an ``FCN`` or an ``export.OnnxModel``.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import sys
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+import torch.nn.functional as F
+from PIL import Image
 
 from .checkpoint import atomic_write
-from .data.datasets import IMAGE_EXTS
+from .data.images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image
 from .data.palettes import label_image, overlay
 
 DEFAULT_MODEL = "camvid-fcn8s-lite0"
+TILE = 1024  # windows of 1 Mpixel keep VGG16's activations near 1.5 GB and Lite0's far below
+OVERLAP = 128
 
 
 def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Image files named, or found directly inside named folders; a missing path is an error."""
+    """Files named, image files directly inside named folders, and matches of glob patterns (``"*.jpg"``,
+    ``"photos/**/*.png"``), in order. A name that matches nothing is kept, so that reading it reports it."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
-        elif p.is_file():
-            files.append(p)
+        elif not p.exists() and glob.has_magic(str(item)):
+            files += [Path(f) for f in sorted(glob.glob(str(item), recursive=True)) if Path(f).is_file()]
         else:
-            raise FileNotFoundError(f"{p}: no such image file or folder")
+            files.append(p)
     if not files:
         raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
     return files
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An ``HxWx3`` uint8 RGB array, upright per EXIF; errors name the file."""
-    try:
-        with Image.open(path) as im:
-            return np.array(ImageOps.exif_transpose(im).convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image file is missing") from None
-    except Exception as e:  # PIL raises many types for corrupt files
-        raise ValueError(f"{path}: cannot read image ({e})") from None
+def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """An ``HxWx3`` uint8 RGB array, upright per EXIF; see ``fcnseg.data.images.decode_image``."""
+    return decode_image(path, max_pixels=max_pixels, exif=True)
+
+
+def _as_chw(image) -> torch.Tensor:
+    """A ``(3, H, W)`` tensor, uint8 (0..255) or float (0..1), from a path, PIL image, array or tensor."""
+    if isinstance(image, (str, os.PathLike)):
+        image = read_image(image)
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise ValueError(f"expected an HxWx3 image array; got shape {image.shape}")
+        image = image[:, :, :3]
+        if image.dtype == np.uint16:
+            image = (image.astype(np.float32) / 65535.0 * 255.0).round().astype(np.uint8)
+        if image.dtype != np.uint8:
+            return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a (3, H, W) image tensor; got shape {tuple(image.shape)}")
+        return image if image.dtype == torch.uint8 or image.is_floating_point() else image.float() / 255.0
+    raise TypeError(f"cannot read an image from {type(image).__name__}")
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def _forward(model, x: torch.Tensor) -> torch.Tensor:
+    """Scores of a float batch, on the model's device, dtype and memory format."""
+    if isinstance(model, torch.nn.Module):
+        param = next(model.parameters())
+        conv = next((p for p in model.parameters() if p.dim() == 4), param)
+        fmt = torch.channels_last if (conv.is_contiguous(memory_format=torch.channels_last)
+                                      and not conv.is_contiguous()) else torch.contiguous_format
+        x = x.to(param.device, param.dtype).contiguous(memory_format=fmt)
+    return model(x)
+
+
+def probabilities(model, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """Softmax probabilities ``(N, C, H, W)`` (float32, CPU) of a float batch; ``flip`` averages them with
+    those of the mirrored images (test-time augmentation)."""
+    p = _forward(model, x).float().softmax(1)
+    if flip:
+        p = (p + _forward(model, x.flip(-1)).float().softmax(1).flip(-1)) / 2
+    return p.cpu()
+
+
+def _starts(n: int, tile: int, overlap: int) -> list[int]:
+    if n <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, n - tile, step))
+    return starts + [n - tile]
+
+
+def _ramp(n: int, overlap: int) -> torch.Tensor:
+    # 1 inside, falling linearly over ``overlap`` pixels at both ends; never 0, so every pixel has weight.
+    if overlap <= 0:
+        return torch.ones(n)
+    i = torch.arange(n, dtype=torch.float32)
+    return torch.minimum(i + 1, n - i).div(overlap + 1).clamp(max=1.0)
+
+
+def _label_dtype(num_classes: int):
+    return np.uint8 if num_classes <= 256 else np.int32
 
 
 @torch.inference_mode()
-def segment(model, image: np.ndarray, max_size: int | None = None) -> np.ndarray:
-    """The ``HxW`` label map of an ``HxWx3`` uint8 image (computed at most ``max_size`` on the long side)."""
-    param = next(model.parameters())
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div(255).unsqueeze(0)
-    h, w = image.shape[:2]
-    if max_size and max(h, w) > max_size:
-        s = max_size / max(h, w)
-        x = torch.nn.functional.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
-                                            antialias=True, align_corners=False)
-    labels = model(x.to(param.device, param.dtype)).argmax(1, keepdim=True)
-    if labels.shape[-2:] != (h, w):
-        labels = torch.nn.functional.interpolate(labels.float(), size=(h, w), mode="nearest").long()
-    return labels[0, 0].cpu().numpy()
+def predict_image(model, image, *, tile: int | None = TILE, overlap: int = OVERLAP, flip: bool = False,
+                  batch_size: int = 1, max_size: int | None = None,
+                  return_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Segments one image of any size.
+
+    Args:
+        model: an ``FCN`` or ``OnnxModel`` (see the module docstring).
+        image: a path, PIL image, ``HxWx3`` array (uint8, uint16 or float in [0, 1]) or ``(3, H, W)`` tensor.
+        tile: images with more than ``tile * tile`` pixels are segmented in overlapping ``tile x tile``
+            windows; None segments every image whole.
+        overlap: pixels shared by neighbouring windows (blended).
+        flip: also segment the mirrored image and average the probabilities.
+        batch_size: windows per forward pass.
+        max_size: segment a copy downscaled to this long side, then bring labels back to full size.
+        return_probs: also return the ``(C, H, W)`` float16 class probabilities.
+
+    Returns:
+        ``(labels, probs)``: ``HxW`` labels (uint8 up to 256 classes) and the probabilities or None.
+    """
+    x = _as_chw(image)
+    h0, w0 = x.shape[-2:]
+    if max_size and max(h0, w0) > max_size:
+        s = max_size / max(h0, w0)
+        size = (max(1, round(h0 * s)), max(1, round(w0 * s)))
+        x = F.interpolate(_float(x)[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        labels, probs = _tiled(model, x, tile, overlap, flip, batch_size, return_probs=True)
+        up = F.interpolate(torch.from_numpy(probs.astype(np.float32))[None], size=(h0, w0), mode="bilinear",
+                           align_corners=False)[0]
+        return up.argmax(0).numpy().astype(labels.dtype), (up.half().numpy() if return_probs else None)
+    return _tiled(model, x, tile, overlap, flip, batch_size, return_probs)
+
+
+def _tiled(model, x: torch.Tensor, tile: int | None, overlap: int, flip: bool, batch_size: int,
+           return_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    c = model.num_classes
+    _, h, w = x.shape
+    if tile and h * w > tile * tile:
+        th, tw = min(tile, h), min(tile, w)
+    else:
+        th, tw = h, w
+    overlap = max(0, min(overlap, th - 1, tw - 1))
+    ys, xs = _starts(h, th, overlap), _starts(w, tw, overlap)
+    weight = torch.outer(_ramp(th, overlap if len(ys) > 1 else 0), _ramp(tw, overlap if len(xs) > 1 else 0))
+    labels = np.empty((h, w), _label_dtype(c))
+    probs = np.empty((c, h, w), np.float16) if return_probs else None
+    # Running sums over the band of rows the current row of windows covers.
+    acc, wsum = torch.zeros(c, th, w), torch.zeros(th, w)
+    for i, y0 in enumerate(ys):
+        for j in range(0, len(xs), batch_size):
+            cols = xs[j:j + batch_size]
+            batch = torch.stack([_float(x[:, y0:y0 + th, x0:x0 + tw]) for x0 in cols])
+            p = probabilities(model, batch, flip)
+            for k, x0 in enumerate(cols):
+                acc[:, :, x0:x0 + tw] += p[k] * weight
+                wsum[:, x0:x0 + tw] += weight
+        # Rows above the next window row get no more contributions: finish them and slide the band.
+        y1 = ys[i + 1] if i + 1 < len(ys) else h
+        done = acc[:, :y1 - y0] / wsum[:y1 - y0]
+        labels[y0:y1] = done.argmax(0).numpy()
+        if probs is not None:
+            probs[:, y0:y1] = done.numpy()
+        n = y1 - y0
+        acc = torch.cat([acc[:, n:], torch.zeros(c, n, w)], 1)
+        wsum = torch.cat([wsum[n:], torch.zeros(n, w)], 0)
+    return labels, probs
+
+
+@dataclass
+class Prediction:
+    """One image's result from ``predict_iter``: the labels (and probabilities), or the error that stopped it."""
+
+    path: Path
+    image: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def _read_ahead(files: list[Path], max_pixels: int | None, depth: int = 2) -> Iterator[tuple[Path, object]]:
+    # Decode the next images on a thread while the model runs (Pillow releases the GIL while decoding).
+    def read(f: Path):
+        try:
+            return read_image(f, max_pixels)
+        except (ImageError, FileNotFoundError, OSError) as e:
+            return e
+
+    with ThreadPoolExecutor(1) as pool:
+        queue: deque = deque()
+        for f in files:
+            queue.append((f, pool.submit(read, f)))
+            if len(queue) > depth:
+                g, fut = queue.popleft()
+                yield g, fut.result()
+        while queue:
+            g, fut = queue.popleft()
+            yield g, fut.result()
+
+
+def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None = TILE, overlap: int = OVERLAP,
+                 flip: bool = False, max_size: int | None = None, return_probs: bool = False,
+                 max_pixels: int | None = MAX_PIXELS) -> Iterator[Prediction]:
+    """Yields a ``Prediction`` per image file in ``inputs`` (files, folders, globs), in order.
+
+    Consecutive images of the same size that fit one window go through the model together, ``batch_size``
+    at a time. A file that cannot be read yields a ``Prediction`` with ``error`` set, and the rest go on.
+    Other arguments are those of ``predict_image``.
+    """
+    kw = dict(tile=tile, overlap=overlap, flip=flip, batch_size=batch_size, max_size=max_size,
+              return_probs=return_probs)
+    pending: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> Iterator[Prediction]:
+        if not pending:
+            return
+        t = time.perf_counter()
+        batch = torch.stack([_float(_as_chw(a)) for _, a in pending])
+        with torch.inference_mode():
+            p = probabilities(model, batch, flip)
+        labels = p.argmax(1).numpy().astype(_label_dtype(model.num_classes))
+        dt = (time.perf_counter() - t) / len(pending)
+        for k, (f, a) in enumerate(pending):
+            yield Prediction(f, a, labels[k], p[k].half().numpy() if return_probs else None, dt)
+        pending.clear()
+
+    for f, image in _read_ahead(collect_images(inputs), max_pixels):
+        if isinstance(image, Exception):
+            yield from flush()
+            yield Prediction(f, error=str(image))
+            continue
+        h, w = image.shape[:2]
+        whole = (not tile or h * w <= tile * tile) and not (max_size and max(h, w) > max_size)
+        if batch_size > 1 and whole:
+            if pending and pending[0][1].shape != image.shape:
+                yield from flush()
+            pending.append((f, image))
+            if len(pending) == batch_size:
+                yield from flush()
+            continue
+        yield from flush()
+        t = time.perf_counter()
+        labels, probs = predict_image(model, image, **kw)
+        yield Prediction(f, image, labels, probs, time.perf_counter() - t)
+    yield from flush()
 
 
 def class_shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(labels.ravel(), minlength=num_classes)[:num_classes] / labels.size
 
 
-def _save_atomic(im: Image.Image, path: Path, **kw) -> None:
+def _save_image(im: Image.Image, path: Path, **kw) -> None:
     # The temporary name has no image suffix, so the format is given from the final name.
     atomic_write(path, lambda tmp: im.save(tmp, format=Image.registered_extensions()[path.suffix.lower()], **kw))
 
 
-def predict_files(model, inputs: list, out: str | os.PathLike, *, max_size: int | None = None,
-                  save_overlay: bool = True, alpha: float = 0.5, verbose: bool = True) -> list[dict]:
-    """Segments every image in ``inputs`` and writes to ``out``: ``NAME.png`` (palette PNG of class indices),
-    ``NAME_overlay.jpg`` (the colours over the photo) and ``summary.json`` (sizes, timings, class shares).
+def _save_probs(probs: np.ndarray, names: list[str], path: Path) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, probs=probs, class_names=np.array(names))
 
-    All images are decoded before anything is written, so a bad file stops the run with nothing half-done.
+    atomic_write(path, write)
+
+
+def _unique_stems(files: list[Path]) -> dict[Path, str]:
+    # Two inputs may share a name (a/x.jpg, b/x.png): later ones get -2, -3, ... so no output is overwritten.
+    seen: dict[str, int] = {}
+    stems = {}
+    for f in files:
+        n = seen.get(f.stem, 0) + 1
+        seen[f.stem] = n
+        stems[f] = f.stem if n == 1 else f"{f.stem}-{n}"
+    return stems
+
+
+def predict_files(model, inputs: list, out: str | os.PathLike, *, save_overlay: bool = True,
+                  save_probs: bool = False, alpha: float = 0.5, verbose: bool = True, progress: bool | None = None,
+                  **kw) -> tuple[list[dict], list[str]]:
+    """Segments every image in ``inputs`` and writes to ``out``: ``NAME.png`` (palette PNG of class indices),
+    ``NAME_overlay.jpg`` (the colours over the photo), ``NAME_probs.npz`` with ``save_probs`` (float16
+    ``probs`` of shape ``(C, H, W)`` and ``class_names``) and ``summary.json`` (sizes, timings, shares, errors).
+
+    Every file is written under a temporary name and renamed, so nothing is ever half-written. A file that
+    cannot be read is reported (one line naming it) and skipped; the others go on.
+
+    Args:
+        model, inputs: see ``predict_iter``; ``kw`` are its other arguments (tile, flip, batch_size, ...).
+        out: the output folder (created).
+        save_overlay, save_probs: which files to write besides the label PNG.
+        alpha: opacity of the colours in the overlay.
+        verbose: print a line per image (when no progress bar is shown) and every error.
+        progress: show a tqdm progress bar (default: when stderr is a terminal).
+
+    Returns:
+        ``(results, errors)``: a dict per segmented image (as in ``summary.json``) and the error messages.
     """
+    from tqdm import tqdm
+
     files = collect_images(inputs)
-    images = [read_image(f) for f in files]
+    stems = _unique_stems(files)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = model.class_names
-    segment(model, images[0][:64, :64])  # warm-up, so the first timing is not the allocator's
-    results = []
-    for f, image in zip(files, images):
-        t = time.perf_counter()
-        labels = segment(model, image, max_size)
-        ms = 1000 * (time.perf_counter() - t)
-        _save_atomic(label_image(labels, model.palette), out / f"{f.stem}.png")
+    results, errors = [], []
+    bar = tqdm(total=len(files), unit="img", disable=not (sys.stderr.isatty() if progress is None else progress))
+    with torch.inference_mode():
+        probabilities(model, torch.rand(1, 3, 64, 64))  # warm-up, so the first timing is not the allocator's
+    for r in predict_iter(model, files, return_probs=save_probs, **kw):
+        bar.update(1)
+        if r.error:
+            errors.append(r.error)
+            if verbose:
+                bar.write(f"fcnseg: error: {r.error}", file=sys.stderr)
+            continue
+        stem = stems[r.path]
+        written = [f"{stem}.png"]
+        _save_image(label_image(r.labels, model.palette), out / written[0])
         if save_overlay:
-            _save_atomic(Image.fromarray(overlay(image, labels, model.palette, alpha)), out / f"{f.stem}_overlay.jpg",
-                         quality=90)
-        shares = class_shares(labels, model.num_classes)
-        results.append({"image": str(f), "size": [image.shape[1], image.shape[0]], "ms": round(ms, 1),
+            written.append(f"{stem}_overlay.jpg")
+            _save_image(Image.fromarray(overlay(r.image, r.labels, model.palette, alpha)), out / written[-1],
+                        quality=90)
+        if save_probs:
+            written.append(f"{stem}_probs.npz")
+            _save_probs(r.probs, names, out / written[-1])
+        shares = class_shares(r.labels, model.num_classes)
+        h, w = r.labels.shape
+        results.append({"image": str(r.path), "size": [w, h], "ms": round(1000 * r.seconds, 1), "outputs": written,
                         "shares": {names[k]: round(float(shares[k]), 4) for k in np.argsort(-shares) if shares[k] > 0}})
-        if verbose:
+        if verbose and bar.disable:
             top = ", ".join(f"{n} {100 * s:.1f}%" for n, s in list(results[-1]["shares"].items())[:5])
-            print(f"{f.name}: {image.shape[1]}x{image.shape[0]} in {ms:.0f} ms; {top}", flush=True)
-    (out / "summary.json").write_text(json.dumps(results, indent=1))
-    return results
+            print(f"{r.path.name}: {w}x{h} in {1000 * r.seconds:.0f} ms; {top}", flush=True)
+    bar.close()
+    summary = json.dumps({"images": results, "errors": errors}, indent=1)
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(summary))
+    return results, errors

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .images import IMAGE_EXTS, ImageError, decode_image
 from .palettes import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, default_palette, voc_palette
 
 IGNORE = 255
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class DatasetError(ValueError):
@@ -79,12 +79,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def read_image(self, i: int) -> np.ndarray:
         path = self.samples[i].image
         try:
-            with Image.open(path) as im:
-                return np.array(im.convert("RGB"))
+            # No EXIF rotation: masks carry none, and image and mask must stay aligned.
+            return decode_image(path, exif=False)
         except FileNotFoundError:
             raise DatasetError(f"{path}: image file is missing") from None
-        except (OSError, SyntaxError, ValueError) as e:
-            raise DatasetError(f"{path}: cannot read image ({e})") from None
+        except ImageError as e:
+            raise DatasetError(str(e)) from None
 
     def read_mask(self, i: int) -> np.ndarray:
         """Labels in ``[0, num_classes)`` or 255, as int64."""

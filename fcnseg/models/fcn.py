@@ -128,36 +128,42 @@ class FCN(nn.Module):
             skip = getattr(self, score_name)(feat)
             # Fuse where both maps have cells: the authors crop the skip to the upsampled map ("paper"
             # padding); with "same" padding the upsampled map is the larger one and is cut to the skip.
-            h = min(up.shape[-2], skip.shape[-2] - crop)
-            w = min(up.shape[-1], skip.shape[-1] - crop)
-            score = up[:, :, :h, :w] + skip[:, :, crop:crop + h, crop:crop + w]
+            # Slices clamp at the end, so both cuts are written out and no size is computed in Python:
+            # that keeps height and width symbolic when the model is traced for ONNX export.
+            up = up[:, :, :skip.shape[-2] - crop, :skip.shape[-1] - crop]
+            score = up + skip[:, :, crop:crop + up.shape[-2], crop:crop + up.shape[-1]]
         out = getattr(self, self.final_name)(score)
         c = self.final_crop
-        if out.shape[-2] < c + height or out.shape[-1] < c + width:
+        if not torch.jit.is_tracing() and (out.shape[-2] < c + height or out.shape[-1] < c + width):
             raise RuntimeError(f"upsampled scores {tuple(out.shape[-2:])} do not cover the {height}x{width} "
                                f"input after the crop of {c}")
         return out[:, :, c:c + height, c:c + width]
 
-    @torch.inference_mode()
-    def predict(self, image, batch: bool = False) -> torch.Tensor:
+    def predict(self, image, batch: bool = False, **kwargs) -> torch.Tensor:
         """Label map(s) at the input's size.
 
         Args:
-            image: a path, a PIL image, an ``HxWx3`` uint8 array, a ``(3, H, W)`` float tensor in [0, 1], or
-                with ``batch=True`` an ``(N, 3, H, W)`` tensor. Grey and RGBA images are converted to RGB.
-            batch: whether ``image`` is a batch tensor.
+            image: a path, a PIL image, an ``HxWx3`` array (uint8, uint16, or float in [0, 1]), a ``(3, H, W)``
+                tensor (uint8, or float in [0, 1]), or with ``batch=True`` an ``(N, 3, H, W)`` float tensor.
+                Grey, RGBA, CMYK and 16-bit files are converted to RGB; photos are turned upright per EXIF.
+            batch: whether ``image`` is a batch tensor (segmented in one pass, whole).
+            kwargs: for single images, options of ``fcnseg.predict.predict_image``: ``tile`` (window size for
+                large images), ``overlap``, ``flip`` (test-time augmentation), ``max_size``, ``batch_size``.
 
         Returns:
             ``(H, W)`` int64 labels (``(N, H, W)`` for a batch), on the CPU.
         """
+        from ..predict import predict_image, probabilities
+
         was_training = self.training
         self.eval()
-        param = next(self.parameters())
-        x = to_tensor(image).unsqueeze(0) if not batch else image
-        scores = self(x.to(param.device, param.dtype))
-        self.train(was_training)
-        labels = scores.argmax(1).cpu()
-        return labels if batch else labels[0]
+        try:
+            if batch:
+                with torch.inference_mode():
+                    return probabilities(self, image, flip=kwargs.get("flip", False)).argmax(1)
+            return torch.from_numpy(predict_image(self, image, **kwargs)[0].astype(np.int64))
+        finally:
+            self.train(was_training)
 
     def extra_repr(self) -> str:
         return f"arch={self.arch}, num_classes={self.num_classes}, upsampling={self.upsampling}"

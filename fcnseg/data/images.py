@@ -1,0 +1,77 @@
+"""Decoding image files into ``HxWx3`` uint8 RGB arrays, whatever their mode, with a decompression-bomb guard.
+
+Grey, palette, RGBA, CMYK and YCbCr images go through Pillow's conversions; 16- and 32-bit grey images
+are scaled to 8 bits by their type's range instead of being clipped (Pillow's own ``convert`` clips).
+The pixel count is checked from the header, before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# 100 Mpixel: above any camera's frame, below Pillow's own bomb error (2 x 89.5 Mpixel), so ours speaks first.
+MAX_PIXELS = 100_000_000
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file."""
+
+
+def decode_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS, exif: bool = True) -> np.ndarray:
+    """Reads ``path`` as an ``HxWx3`` uint8 RGB array.
+
+    Args:
+        path: the image file.
+        max_pixels: refuse images with more pixels than this (checked before decoding); None for no limit.
+        exif: turn the image upright per its EXIF orientation (photos); datasets turn it off so that images
+            stay aligned with their masks, which carry no orientation.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ImageError: anything else (not an image, truncated, too large, unsupported mode); names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if max_pixels and w * h > max_pixels:
+                raise ImageError(f"{path}: {w}x{h} is {w * h / 1e6:.0f} Mpixel, more than the limit of "
+                                 f"{max_pixels / 1e6:.0f} Mpixel (a decompression bomb?); "
+                                 "raise --max-pixels to allow it")
+            im.load()
+            if exif:
+                im = ImageOps.exif_transpose(im)
+            return _to_rgb(im)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: refused as a decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError) as e:
+        # Pillow reports unknown formats, truncation and bad chunks with assorted exception types.
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)") from None
+        raise ImageError(f"{path}: cannot read image ({e})") from None
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if im.mode.startswith("I;16"):
+            top = 65535.0
+        elif im.mode == "F":
+            top = 1.0 if a.size and a.max() <= 1.0 else 255.0
+        else:  # 32-bit integer: 16-bit PNGs and TIFFs often open this way
+            top = 65535.0 if a.size and a.max() > 255 else 255.0
+        a = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if im.mode != "RGB":
+        # RGBA/LA/PA lose alpha (the colour under it is kept), CMYK and YCbCr are converted, grey repeated.
+        im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA") else im.convert("RGB")
+    return np.array(im)
