@@ -102,9 +102,9 @@ def _load_for_inference(name: str, backend: str, device: str):
         if backend == "torch":
             raise ValueError(f"{name}: an ONNX file runs with --backend onnxruntime")
         return OnnxModel(name)
-    model = load(name, device=resolve_device(device) if backend == "torch" else "cpu")
     if backend == "onnxruntime":
-        return onnx_for(model, name)
+        return onnx_for(name)
+    model = load(name, device=resolve_device(device))
     if next(model.parameters()).device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)  # 1.1-1.4x faster CPU inference (benchmarks/)
     return model

@@ -150,21 +150,23 @@ class OnnxModel:
         return f"OnnxModel({str(self.path)!r}, {self.arch} {self.backbone}, {self.num_classes} classes)"
 
 
-def onnx_for(model: FCN, source: str | os.PathLike | None = None) -> OnnxModel:
-    """An ONNX Runtime twin of ``model``, exported once and cached under ``~/.cache/fcnseg/onnx``
-    (``$FCNSEG_CACHE`` overrides), keyed by the weights and the versions of torch and fcnseg."""
+def onnx_for(name_or_path: str | os.PathLike, threads: int | None = None) -> OnnxModel:
+    """An ONNX Runtime twin of a pretrained or saved model, exported once and cached under
+    ``~/.cache/fcnseg/onnx`` (``$FCNSEG_CACHE`` overrides), keyed by the model file's bytes and the versions of
+    torch and fcnseg. Once cached, the PyTorch model is not even built (less memory, faster start)."""
     from . import __version__
+    from .pretrained import load, model_file
 
-    digest = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        digest.update(k.encode())
-        digest.update(v.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(f"{torch.__version__} {__version__} {_metadata(model)}".encode())
+    source = model_file(name_or_path)
+    digest = hashlib.sha256(f"{torch.__version__} {__version__}".encode())
+    with open(source, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
     cache = Path(os.environ.get("FCNSEG_CACHE", Path.home() / ".cache" / "fcnseg")) / "onnx"
-    path = cache / f"{Path(str(source or 'model')).stem}-{digest.hexdigest()[:16]}.onnx"
+    path = cache / f"{source.stem}-{digest.hexdigest()[:16]}.onnx"
     if not path.is_file():
-        export_onnx(model, path)
-    return OnnxModel(path)
+        export_onnx(load(source), path)
+    return OnnxModel(path, threads)
 
 
 def verify(model: FCN, path: str | os.PathLike, sizes=VERIFY_SIZES, batch: int = 1) -> list[dict]:

@@ -182,15 +182,17 @@ def _tiled(model, x: torch.Tensor, tile: int | None, overlap: int, flip: bool, b
             for k, x0 in enumerate(cols):
                 acc[:, :, x0:x0 + tw] += p[k] * weight
                 wsum[:, x0:x0 + tw] += weight
-        # Rows above the next window row get no more contributions: finish them and slide the band.
+        # Rows above the next window row get no more contributions: finish them and slide the band in place
+        # (only the overlap rows move). Dividing by the weights does not change the argmax, so labels skip it.
         y1 = ys[i + 1] if i + 1 < len(ys) else h
-        done = acc[:, :y1 - y0] / wsum[:y1 - y0]
-        labels[y0:y1] = done.argmax(0).numpy()
-        if probs is not None:
-            probs[:, y0:y1] = done.numpy()
         n = y1 - y0
-        acc = torch.cat([acc[:, n:], torch.zeros(c, n, w)], 1)
-        wsum = torch.cat([wsum[n:], torch.zeros(n, w)], 0)
+        labels[y0:y1] = acc[:, :n].argmax(0).numpy()
+        if probs is not None:
+            probs[:, y0:y1] = (acc[:, :n] / wsum[:n]).numpy()
+        acc[:, :th - n] = acc[:, n:].clone()
+        acc[:, th - n:] = 0
+        wsum[:th - n] = wsum[n:].clone()
+        wsum[th - n:] = 0
     return labels, probs
 
 

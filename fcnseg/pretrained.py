@@ -21,6 +21,21 @@ def available() -> list[str]:
     return [name for name, f in PRETRAINED.items() if (HERE / f).is_file()]
 
 
+def model_file(name_or_path: str | os.PathLike) -> Path:
+    """The ``.safetensors`` file of a pretrained name, or the path given; errors say what is missing."""
+    key = str(name_or_path)
+    if key in PRETRAINED:
+        path = HERE / PRETRAINED[key]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the weights of {key} are missing from this installation")
+        return path
+    path = Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file, and not a pretrained name "
+                                f"(known: {', '.join(PRETRAINED)})")
+    return path
+
+
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
     """A ready-to-use FCN (eval mode) with its class names, palette and preprocessing.
 
@@ -29,14 +44,4 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
             written by ``fcnseg.checkpoint.save_model`` (``fcnseg train`` writes ``best.safetensors``).
         device: where to put it.
     """
-    key = str(name_or_path)
-    if key in PRETRAINED:
-        path = HERE / PRETRAINED[key]
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: the weights of {key} are missing from this installation")
-        return load_model(path, device)
-    path = Path(name_or_path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model file, and not a pretrained name "
-                                f"(known: {', '.join(PRETRAINED)})")
-    return load_model(path, device)
+    return load_model(model_file(name_or_path), device)

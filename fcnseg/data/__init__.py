@@ -2,8 +2,17 @@
 
 from .datasets import DATASETS, IGNORE, DatasetError, SegmentationDataset, build_dataset
 from .palettes import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, colorize, overlay, voc_palette
-from .transforms import eval_transforms, pad_collate, train_transforms
+
+_TRANSFORMS = ("eval_transforms", "pad_collate", "train_transforms")
 
 __all__ = ["CAMVID_CLASSES", "CAMVID_PALETTE", "DATASETS", "IGNORE", "VOC_CLASSES", "DatasetError",
-           "SegmentationDataset", "build_dataset", "colorize", "eval_transforms", "overlay", "pad_collate",
-           "train_transforms", "voc_palette"]
+           "SegmentationDataset", "build_dataset", "colorize", "overlay", "voc_palette", *_TRANSFORMS]
+
+
+def __getattr__(name: str):
+    # The transforms import torchvision (about 160 MB resident); inference does not need them.
+    if name in _TRANSFORMS:
+        from . import transforms
+
+        return getattr(transforms, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

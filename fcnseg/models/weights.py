@@ -148,8 +148,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from e
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
+    for key in ("state_dict", "model_state_dict"):  # training checkpoints (pytorch-fcn uses the second)
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{path}: expected a dict of tensors (a state dict)")
     return sd
@@ -300,3 +301,48 @@ def imagenet_categories() -> list[str]:
     import torchvision
 
     return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+# The authors' Caffe models, as converted by pytorch-fcn (``torchfcn``): FCN32s/16s/8s/8sAtOnce state dicts
+# with the layer names of the prototxt. fcnseg uses the same names, with the trunk's layers under ``trunk.``.
+TORCHFCN_ARCHS = {"FCN32s": "fcn32s", "FCN16s": "fcn16s", "FCN8s": "fcn8s", "FCN8sAtOnce": "fcn8s-atonce"}
+
+
+def from_torchfcn(sd: dict) -> dict:
+    """A pytorch-fcn (torchfcn) VGG16 FCN state dict under fcnseg's names."""
+    return {(f"trunk.{k}" if re.match(r"(conv\d_\d|fc[67])\.", k) else k): v for k, v in sd.items()}
+
+
+def load_torchfcn(source, arch: str = "fcn8s", class_names: list[str] | None = None):
+    """An fcnseg FCN carrying a pytorch-fcn model's weights (e.g. ``fcn8s_from_caffe.pth``, the authors' VOC
+    model). The result takes RGB [0, 1] images like every fcnseg model; the Caffe BGR mean subtraction the
+    weights expect is its preprocessing. All upsampling layers are learned, as in the authors' models.
+
+    Args:
+        source: a state-dict file (read with ``weights_only=True``), a state dict, or a torchfcn module.
+        arch: "fcn32s", "fcn16s", "fcn8s" or "fcn8s-atonce"; a module gives its own.
+        class_names: names of the classes (default: the 21 PASCAL VOC classes when there are 21).
+    """
+    from ..data.palettes import VOC_CLASSES, voc_palette
+    from ..preprocessing import CAFFE_BGR
+    from .fcn import build_model
+
+    if isinstance(source, nn.Module):
+        arch = TORCHFCN_ARCHS.get(type(source).__name__, arch)
+        sd = source.state_dict()
+    elif isinstance(source, dict):
+        sd = source
+    else:
+        sd = read_state_dict(source)
+    sd = from_torchfcn(sd)
+    if "score_fr.weight" not in sd:
+        raise ValueError("not a pytorch-fcn FCN state dict (no score_fr.weight)")
+    n = sd["score_fr.weight"].shape[0]
+    if class_names is None and n == len(VOC_CLASSES):
+        class_names = list(VOC_CLASSES)
+    model = build_model(arch, "vgg16", n, padding="paper", upsampling="learned", class_names=class_names)
+    model.normalize.set(CAFFE_BGR)
+    if n == len(VOC_CLASSES):
+        model.palette = voc_palette(n)
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
