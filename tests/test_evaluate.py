@@ -114,7 +114,7 @@ def test_predict_cli_writes_labels_overlays_and_shares(tmp_path, shapes, model_f
     out = tmp_path / "pred"
     r = _cli("predict", str(shapes / "images" / "val"), "--model", str(model_file), "--out", str(out))
     assert r.returncode == 0, r.stderr
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())["images"]
     assert [Path(s["image"]).name for s in summary] == ["img006.png", "img007.png"]
     for s in summary:
         assert sum(s["shares"].values()) == pytest.approx(1.0, abs=1e-3)
@@ -129,12 +129,13 @@ def test_predict_cli_writes_labels_overlays_and_shares(tmp_path, shapes, model_f
         assert lab.size == (64, 48)
 
 
-def test_predict_bad_input_writes_nothing(tmp_path, shapes, model_file):
+def test_predict_bad_input_is_reported_and_skipped(tmp_path, shapes, model_file):
     r = _cli("predict", str(tmp_path / "missing.png"), "--model", str(model_file), "--out", str(tmp_path / "o1"))
-    assert r.returncode == 2 and "missing.png: no such image file" in r.stderr
+    assert r.returncode == 1 and "missing.png: no such image file" in r.stderr
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     r = _cli("predict", str(shapes / "images" / "val" / "img006.png"), str(broken), "--model", str(model_file),
              "--out", str(tmp_path / "o2"))
-    assert r.returncode == 2 and "broken.jpg: cannot read image" in r.stderr
-    assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())
+    assert r.returncode == 1 and "broken.jpg: cannot read image" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["img006.png", "img006_overlay.jpg",
+                                                                   "summary.json"]

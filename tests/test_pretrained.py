@@ -64,7 +64,7 @@ def test_demo_writes_sheets_and_shares(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "leuvenA.jpg: 751x563" in r.stdout and "building" in r.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert len(summary) == 2
+    assert len(summary["images"]) == 2 and summary["errors"] == []
     for stem in ("leuvenA", "leuvenB"):
         for suffix in ("_sheet.jpg", "_overlay.jpg", ".png"):
             assert (tmp_path / f"{stem}{suffix}").is_file()
