@@ -80,7 +80,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         model = model.to(memory_format=torch.channels_last)
     result = evaluate(model, ds, device, amp_dtype=resolve_amp(args.amp, device), progress=True,
                       pred_dir=out / "predictions" if args.save_predictions else None,
-                      channels_last=not args.no_channels_last)
+                      channels_last=not args.no_channels_last, boundary_width=args.boundary or None)
     if rank == 0:
         result.update(model=str(args.model), dataset=args.dataset, split=args.split)
         write_report(result, out)
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--amp", default="off", choices=("off", "auto", "bf16", "fp16"))
     e.add_argument("--threads", type=int)
     e.add_argument("--no-channels-last", action="store_true", help="keep the default memory format")
+    e.add_argument("--boundary", type=int, metavar="W",
+                   help="also score pixels within W pixels of label edges (how sharp the boundaries are)")
     e.set_defaults(func=_cmd_evaluate)
 
     r = sub.add_parser("predict", help="segment images: label PNGs, overlays, probabilities, class shares")

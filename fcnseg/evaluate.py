@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from .checkpoint import atomic_write
 from .data.palettes import label_image
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, boundary_band
 
 
 def _rank_world() -> tuple[int, int]:
@@ -25,7 +25,7 @@ def _rank_world() -> tuple[int, int]:
 @torch.inference_mode()
 def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: torch.dtype | None = None,
              pred_dir: str | Path | None = None, progress: bool = False,
-             channels_last: bool = False) -> dict:
+             channels_last: bool = False, boundary_width: int | None = None) -> dict:
     """Scores ``model`` on ``dataset`` (whole images, one at a time, at the labels' resolution).
 
     Under ``torch.distributed`` each process takes every ``world``-th image and the confusion matrices are
@@ -39,10 +39,13 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
         pred_dir: if given, each prediction is written there as ``NAME.png`` (palette PNG of class indices).
         progress: show a progress bar.
         channels_last: run in channels-last memory format.
+        boundary_width: also score the pixels within this many pixels of a label edge
+            (``metrics.boundary_band``) and return their scores under ``boundary``; None: off.
 
     Returns:
         ``pixel_acc``, ``mean_acc``, ``mean_iu``, ``fw_iu``, ``per_class_iu``, ``per_class_acc``,
-        ``class_names``, ``num_images``, ``images_per_s`` and ``confusion`` (a list of lists).
+        ``class_names``, ``num_images``, ``images_per_s`` and ``confusion`` (a list of lists); with
+        ``boundary_width``, ``boundary``: the same scores (without the matrix) on the edge band, and its width.
     """
     import time
 
@@ -53,6 +56,7 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     net.eval()
     rank, world = _rank_world()
     cm = ConfusionMatrix(net.num_classes, device=device)
+    band_cm = ConfusionMatrix(net.num_classes, device=device) if boundary_width else None
     indices = range(rank, len(dataset), world)
     if progress and rank == 0:
         from tqdm import tqdm
@@ -70,12 +74,18 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
         with torch.autocast(torch.device(device).type, amp_dtype, enabled=amp_dtype is not None):
             scores = net(x)
         pred = scores.argmax(1)[0]
-        cm.update(labels.to(device), pred)
+        labels = labels.to(device)
+        cm.update(labels, pred)
+        if band_cm is not None:
+            band = boundary_band(labels, boundary_width)
+            band_cm.update(torch.where(band, labels, cm.ignore_index), pred)
         n += 1
         if pred_dir is not None:
             label_image(pred.cpu().numpy(), net.palette).save(pred_dir / f"{dataset.samples[i].name}.png")
     elapsed = time.perf_counter() - start
     cm.all_reduce()
+    if band_cm is not None:
+        band_cm.all_reduce()
     counts = torch.tensor([n, elapsed], dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(counts)
@@ -84,6 +94,8 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     result.update(class_names=list(net.class_names), num_images=int(counts[0]),
                   images_per_s=float(counts[0] / counts[1] * world) if counts[1] > 0 else float("nan"),
                   confusion=cm.mat.cpu().tolist())
+    if band_cm is not None:
+        result["boundary"] = {"width": int(boundary_width), **band_cm.compute()}
     return result
 
 
@@ -101,6 +113,9 @@ def format_table(result: dict) -> str:
     for key, label in (("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"), ("mean_iu", "mean IU"),
                        ("fw_iu", "f.w. IU")):
         lines.append(f"{label:{width}s} {pct(result[key])}")
+    if "boundary" in result:
+        b = result["boundary"]
+        lines.append(f"{'boundary IU':{width}s} {pct(b['mean_iu'])}  (within {b['width']} px of label edges)")
     lines.append(f"{'images':{width}s} {result['num_images']:6d}")
     return "\n".join(lines)
 

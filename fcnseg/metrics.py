@@ -54,6 +54,31 @@ class ConfusionMatrix:
         return scores(self.mat)
 
 
+def boundary_band(labels: torch.Tensor, width: int) -> torch.Tensor:
+    """Pixels within ``width`` pixels (Chebyshev distance) of a label edge, as a boolean mask.
+
+    An edge lies between two neighbouring pixels with different labels, the ignore label included, so the
+    band also follows the void outlines that VOC draws around objects. Scoring only these pixels (a
+    "trimap", Kohli et al. 2009) measures how well a net places boundaries, which is what the paper's skip
+    layers are for; whole-image metrics are dominated by object interiors.
+
+    Args:
+        labels: ``(H, W)`` or ``(N, H, W)`` integer label maps.
+        width: half-width of the band in pixels (>= 1).
+    """
+    if width < 1:
+        raise ValueError(f"boundary width must be >= 1, got {width}")
+    x = labels.float()
+    if x.dim() == 2:
+        x = x[None]
+    x = x[:, None]
+    k = 2 * width + 1
+    # A pixel is in the band if its (2w+1)^2 window holds more than one label: window max != window min.
+    hi = torch.nn.functional.max_pool2d(x, k, stride=1, padding=width)
+    lo = -torch.nn.functional.max_pool2d(-x, k, stride=1, padding=width)
+    return (hi != lo)[:, 0].reshape(labels.shape)
+
+
 def scores(mat: torch.Tensor) -> dict:
     """The paper's four metrics (and per-class IU and accuracy) from a confusion matrix."""
     h = mat.double().cpu()

@@ -50,8 +50,9 @@ class TrainConfig:
     a coarser architecture is grown with the paper's staged initialisation).
     Data: ``dataset`` ("camvid", "voc", "sbd", "folder"), ``root``, ``train_split``, ``val_split`` (None: no
     validation), ``dataset_options`` (extra builder arguments, e.g. ``sbd_root``), ``skip_bad``.
-    Augmentation: ``crop`` ([H, W] or None for whole images), ``scale`` ([lo, hi] or None), ``flip``,
-    ``color_jitter``.
+    Augmentation: ``resize`` ([H, W]: train and validate on copies of the images resized to this, e.g. to fit
+    a CPU budget; None keeps the files' size), ``crop`` ([H, W] or None for whole images), ``scale`` ([lo, hi]
+    or None), ``flip``, ``color_jitter``.
     Optimisation: ``epochs``, ``max_steps`` (stop early), ``batch_size``, ``optimizer`` ("sgd", "adamw"),
     ``lr`` (None: the heavy mode's per-architecture value), ``momentum``, ``weight_decay``, ``head_lr_mult``
     (score and upsampling layers), ``bias_lr_mult``, ``bias_decay``, ``schedule`` ("poly", "constant"),
@@ -61,7 +62,8 @@ class TrainConfig:
     Machine: ``device`` ("auto", "cpu", "cuda", "cuda:1"), ``amp`` ("off", "auto", "bf16", "fp16"),
     ``channels_last``, ``workers``, ``threads``, ``seed``.
     Output: ``out`` (run folder), ``val_every`` (epochs), ``log_every`` (steps), ``ckpt_every`` (steps; 0 = end
-    of each epoch only), ``tensorboard``.
+    of each epoch only), ``tensorboard``, ``boundary_width`` (also score IU within this many pixels of label
+    edges at validation; 0: off).
     """
 
     mode: str = "modern"
@@ -77,6 +79,7 @@ class TrainConfig:
     val_split: str | None = "val"
     dataset_options: dict = field(default_factory=dict)
     skip_bad: bool = False
+    resize: list | None = None
     crop: list | None = field(default_factory=lambda: [288, 384])
     scale: list | None = field(default_factory=lambda: [0.5, 2.0])
     flip: bool = True
@@ -109,6 +112,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 0
     tensorboard: bool = True
+    boundary_width: int = 0
 
 
 HEAVY = dict(batch_size=1, crop=None, scale=None, flip=False, color_jitter=0.0, optimizer="sgd", lr=None,
@@ -166,6 +170,8 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.amp in ("off", "auto", "bf16", "fp16"), f"amp must be off, auto, bf16 or fp16, got {cfg.amp!r}"),
         (cfg.batch_size >= 1 and cfg.epochs >= 1, "batch_size and epochs must be >= 1"),
         (cfg.crop is None or len(cfg.crop) == 2, f"crop must be [H, W] or null, got {cfg.crop}"),
+        (cfg.resize is None or len(cfg.resize) == 2, f"resize must be [H, W] or null, got {cfg.resize}"),
+        (cfg.boundary_width >= 0, f"boundary_width must be >= 0, got {cfg.boundary_width}"),
         (cfg.scale is None or len(cfg.scale) == 2, f"scale must be [lo, hi] or null, got {cfg.scale}"),
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
     ]
@@ -394,13 +400,14 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     random.seed(cfg.seed)
 
     opts = dict(cfg.dataset_options)
+    resize = tuple(cfg.resize) if cfg.resize else None
     aug = train_transforms(tuple(cfg.scale) if cfg.scale else None, tuple(cfg.crop) if cfg.crop else None,
-                           cfg.flip, cfg.color_jitter)
+                           cfg.flip, cfg.color_jitter, resize=resize)
     train_ds = build_dataset(cfg.dataset, cfg.root, cfg.train_split, **opts)
     problems = train_ds.check(skip_bad=cfg.skip_bad)
     val_ds = None
     if cfg.val_split:
-        val_ds = build_dataset(cfg.dataset, cfg.root, cfg.val_split, transforms=eval_transforms(), **opts)
+        val_ds = build_dataset(cfg.dataset, cfg.root, cfg.val_split, transforms=eval_transforms(resize), **opts)
         problems += val_ds.check(skip_bad=cfg.skip_bad)
     if main:
         for p in problems:
@@ -431,6 +438,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
 
     epoch, start_batch, step, best = 0, 0, 0, -1.0
+    train_seconds = 0.0  # time spent in training steps, validation excluded (for curves against time)
     if resume:
         ckpt = Path(resume) if resume != "auto" else out / "last.pt"
         if resume == "auto" and not ckpt.exists():
@@ -451,6 +459,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             epoch, start_batch, step, best = state["epoch"], state["batch"], state["step"], state["best"]
+            train_seconds = float(state.get("train_seconds", 0.0))
             _set_rng_state(state["rng"])
             if main:
                 print(f"resumed from {ckpt}: epoch {epoch}, step {step}")
@@ -469,7 +478,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         logger.flush()  # log rows up to this step survive a kill, as the checkpoint does
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
-                         "batch": batch_, "step": step, "best": best, "rng": _rng_state(), "config": asdict(cfg),
+                         "batch": batch_, "step": step, "best": best, "train_seconds": train_seconds,
+                         "rng": _rng_state(), "config": asdict(cfg),
                          "preprocessing": model.preprocessing.to_dict()}, out / "last.pt")
 
     result: dict = {}
@@ -484,6 +494,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         net.train()
         bar = _progress(main, len(batches), start_batch, f"epoch {epoch + 1}/{cfg.epochs}")
         tick, seen = time.perf_counter(), 0
+        step_start = tick  # the data loading of a step counts towards it
         for b, (images, labels) in enumerate(loader, start=start_batch):
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
@@ -508,17 +519,20 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                 logger.step(step, epoch + 1, loss.item(), scheduler.get_last_lr()[0], rate)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4g}", img_s=f"{rate:.1f}")
+            train_seconds += time.perf_counter() - step_start
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and b + 1 < len(batches):
                 checkpoint(epoch, b + 1)
             if step >= total_steps:
                 break
+            step_start = time.perf_counter()
         bar.close()
         epoch, start_batch = epoch + 1, 0
         last = epoch >= cfg.epochs or step >= total_steps
         if val_ds is not None and (epoch % cfg.val_every == 0 or last):
-            result = evaluate(net, val_ds, device, amp_dtype=amp_dtype, channels_last=cfg.channels_last)
+            result = evaluate(net, val_ds, device, amp_dtype=amp_dtype, channels_last=cfg.channels_last,
+                              boundary_width=cfg.boundary_width or None)
             if main:
-                logger.val(step, epoch, result)
+                logger.val(step, epoch, result, train_seconds)
                 if result["mean_iu"] > best:
                     best = result["mean_iu"]
                     save_model(model, out / "best.safetensors", epoch=epoch, step=step, val=_brief(result),
@@ -558,7 +572,7 @@ class _Logger:
         # On resume, rows written after the checkpoint are dropped: the run replays those steps.
         self.train_csv = self._open("train_log.csv", ["step", "epoch", "loss", "lr", "images_per_s", "seconds"], step)
         self.val_csv = self._open("val_log.csv", ["step", "epoch", "pixel_acc", "mean_acc", "mean_iu", "fw_iu",
-                                                  "images_per_s"], step)
+                                                  "images_per_s", "train_seconds", "boundary_mean_iu"], step)
         self.tb = None
         if cfg.tensorboard:
             try:
@@ -595,10 +609,12 @@ class _Logger:
             if not self.tty:
                 print(f"step {step} epoch {epoch} loss {loss:.4g} lr {lr:.3g} {rate:.1f} img/s", flush=True)
 
-    def val(self, step: int, epoch: int, r: dict) -> None:
+    def val(self, step: int, epoch: int, r: dict, train_seconds: float) -> None:
         f, w = self.val_csv
+        boundary = r.get("boundary", {}).get("mean_iu")
         w.writerow([step, epoch] + [f"{r[k]:.6f}" for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")]
-                   + [f"{r['images_per_s']:.3f}"])
+                   + [f"{r['images_per_s']:.3f}", f"{train_seconds:.1f}",
+                      "" if boundary is None else f"{boundary:.6f}"])
         f.flush()
         if self.tb:
             for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):

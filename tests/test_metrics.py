@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fcnseg.metrics import ConfusionMatrix
+from fcnseg.metrics import ConfusionMatrix, boundary_band
 
 
 def reference(targets, preds, n, ignore=255):
@@ -94,3 +94,39 @@ def test_confusion_matrices_add_and_ignore_image_order(batch):
     assert torch.equal(whole.mat, sum(parts))
     assert torch.equal(whole.mat, in_order.mat)
     assert int(whole.mat.sum()) == sum(int((t != 255).sum()) for t in targets)
+
+
+def _band_reference(labels: np.ndarray, width: int) -> np.ndarray:
+    """A pixel is in the band when some pixel within Chebyshev distance ``width`` has another label."""
+    h, w = labels.shape
+    band = np.zeros((h, w), bool)
+    for y in range(h):
+        for x in range(w):
+            win = labels[max(0, y - width):y + width + 1, max(0, x - width):x + width + 1]
+            band[y, x] = (win != labels[y, x]).any()
+    return band
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_boundary_band_matches_a_loop(width):
+    rng = np.random.default_rng(width)
+    labels = rng.integers(0, 3, (4, 5)).repeat(6, 0).repeat(5, 1)  # blocks, so the band is not everything
+    labels[rng.random(labels.shape) < 0.02] = 255
+    got = boundary_band(torch.from_numpy(labels), width).numpy()
+    np.testing.assert_array_equal(got, _band_reference(labels, width))
+    assert 0 < got.mean() < 1
+
+
+def test_boundary_scores_only_count_the_band():
+    # Two halves; the prediction is wrong in a stripe far from the edge: whole-image IU drops, band IU doesn't.
+    target = torch.zeros(40, 40, dtype=torch.int64)
+    target[:, 20:] = 1
+    pred = target.clone()
+    pred[:, 2:6] = 1
+    band = boundary_band(target, 3)
+    assert band[:, 17:23].all() and not band[:, :17].any() and not band[:, 23:].any()
+    whole, edge = ConfusionMatrix(2), ConfusionMatrix(2)
+    whole.update(target, pred)
+    edge.update(torch.where(band, target, 255), pred)
+    assert whole.compute()["mean_iu"] < 0.9
+    assert edge.compute()["mean_iu"] == 1.0

@@ -51,17 +51,24 @@ class Joint:
         return f"Joint({self.pipeline})"
 
 
+def _resize(size: tuple[int, int] | None) -> list:
+    # v2.Resize resizes a Mask with nearest-neighbour, so no label value is invented.
+    return [] if size is None else [v2.Resize(tuple(size), antialias=True)]
+
+
 def train_transforms(scale: tuple[float, float] | None = (0.5, 2.0), crop: tuple[int, int] | None = None,
-                     flip: bool = True, color_jitter: float = 0.0) -> Joint:
+                     flip: bool = True, color_jitter: float = 0.0, resize: tuple[int, int] | None = None) -> Joint:
     """Training augmentation.
 
     Args:
+        resize: ``(H, W)`` every image and mask is first resized to (a lower-resolution copy of a dataset,
+            e.g. to fit a CPU budget); None keeps the files' size.
         scale: random rescaling range (None: keep the size).
         crop: ``(H, W)`` random crop, padded where the image is smaller (None: whole images).
         flip: random horizontal mirroring.
         color_jitter: brightness/contrast/saturation strength (0: off); hue moves by a fifth of it.
     """
-    ops: list = []
+    ops: list = _resize(resize)
     if scale is not None and tuple(scale) != (1.0, 1.0):
         ops.append(RandomScale(tuple(scale)))
     if crop is not None:
@@ -74,8 +81,9 @@ def train_transforms(scale: tuple[float, float] | None = (0.5, 2.0), crop: tuple
     return Joint(ops)
 
 
-def eval_transforms() -> Joint:
-    return Joint([])
+def eval_transforms(resize: tuple[int, int] | None = None) -> Joint:
+    """No augmentation; ``resize`` as in ``train_transforms`` (scores are then taken at that resolution)."""
+    return Joint(_resize(resize))
 
 
 def pad_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
