@@ -28,7 +28,7 @@ demo: $(VENV)/.runtime
 	$(VENV)/bin/fcnseg demo --out outputs/demo
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check fcnseg tests benchmarks scripts
+	$(PY) -m ruff check fcnseg tests benchmarks scripts experiments
 
 test: $(VENV)/.installed lint
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
