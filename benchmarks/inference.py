@@ -9,7 +9,8 @@ importing torch). Per row: median latency, images/s, peak RSS, GFLOPs per image 
 achieved GFLOP/s as a fraction of this machine's fp32 GEMM peak, measured first in the same run
 (a 4096^3 ``torch.mm``, best of 5).
 
-Peers (not fcnseg dependencies; ``make bench-deps`` installs them): torchvision's ``fcn_resnet50`` and
+Peers (not fcnseg dependencies: the ``bench`` extra and ``pip install --no-deps torchfcn``, both done by
+``make test``'s setup): torchvision's ``fcn_resnet50`` and
 ``lraspp_mobilenet_v3_large``, and ``torchfcn`` (pytorch-fcn, the reference PyTorch port of the paper's
 Caffe models) ``FCN8s``. torchfcn imports the ``fcn`` package only to download weights; that package needs
 chainer, which does not build here, so an empty stand-in module is registered before importing torchfcn.
