@@ -152,6 +152,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import Limits, serve
+
+    limits = Limits(max_upload_bytes=round(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                    workers=args.workers, queue=args.queue)
+    serve(args.model or ["camvid-fcn8s-lite0"], host=args.host, port=args.port, limits=limits, device=args.device,
+          threads=args.threads, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -226,6 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", help="output file (default: MODEL.onnx or MODEL.pt here)")
     x.add_argument("--no-verify", action="store_true", help="skip comparing outputs with PyTorch on 4 sizes")
     x.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("serve", help="a local web app and JSON/PNG API: drop images, see the overlay and shares")
+    s.add_argument("--model", action="append", help="a pretrained name, a .safetensors or an .onnx file "
+                   "(repeatable; the first is the default; default: camvid-fcn8s-lite0)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (413 beyond)")
+    s.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="largest image in pixels, checked from the header (413 beyond: decompression bombs)")
+    s.add_argument("--workers", type=int, default=1, help="images segmented at once")
+    s.add_argument("--queue", type=int, default=8, help="requests waiting for a worker; more get 503 + Retry-After")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn's log level (warning: no line per request)")
+    s.set_defaults(func=_cmd_serve)
     return p
 
 
