@@ -50,7 +50,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("fcnseg.serve")
 
 # Formats Pillow may open here, by sniffed content. Others (EPS would run Ghostscript, PSD, ICNS, ...) are refused.
-FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# Multi-picture JPEGs (MPO) open through JPEG's entry. Image.init() registers the plugins first, because
+# Image.open(formats=...) looks the names up before loading any plugin beyond the basic ones.
+Image.init()
+FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF") if f in Image.OPEN)
 FORMATS_TEXT = "JPEG, PNG, WebP, BMP, TIFF or GIF"
 # A body declared larger than the limit is still read (and dropped) up to this many bytes before the 413 is sent,
 # so that clients which write the whole request before reading the answer see the 413, not a reset connection.
@@ -271,8 +274,8 @@ def sniff(data: bytes, name: str, max_pixels: int) -> tuple[str, int, int]:
         raise HTTPException(413, f"{name}: refused as a decompression bomb ({e})") from None
     except Exception:  # noqa: BLE001 - Pillow reports unknown content with assorted exception types
         start = data[:8]
-        raise HTTPException(415, f"{name}: not a {FORMATS_TEXT} image (the content starts with {start!r}); "
-                                 "the file name and declared type are not trusted") from None
+        raise HTTPException(415, f"{name}: not a {FORMATS_TEXT} image, or its header is damaged (the content "
+                                 f"starts with {start!r}; the file name and declared type are not trusted)") from None
     if w * h > max_pixels:
         raise HTTPException(413, f"{name}: {w}x{h} is {w * h / 1e6:.1f} Mpixel, more than the limit of "
                                  f"{max_pixels / 1e6:.1f} Mpixel (fcnseg serve --max-pixels)")
