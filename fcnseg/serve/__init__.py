@@ -17,7 +17,7 @@ most ``queue`` more waiting; beyond that requests get 503 with ``Retry-After`` i
 Every refusal is JSON ``{"detail": "..."}`` naming the problem, and the server goes on serving.
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations": FastAPI reads the endpoint annotations, which use local values.
 
 import asyncio
 import base64
@@ -388,7 +388,8 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
     async def predict(
         request: Request,
         file: Annotated[UploadFile, File(description=f"the image ({FORMATS_TEXT}; sniffed from the content)")],
-        model: Annotated[str | None, Form(description="a name from GET /models (default: the first)")] = None,
+        model: Annotated[str | None, Form(description="a name from GET /models (default: the first)",
+                                          json_schema_extra={"enum": list(models)})] = None,
         flip: Annotated[bool, Form(description="also segment the mirrored image and average (slower)")] = False,
         max_size: Annotated[int | None, Form(ge=32, le=16384,
                                              description="segment a copy downscaled to this long side")] = None,
