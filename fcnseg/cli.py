@@ -80,12 +80,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         model = model.to(memory_format=torch.channels_last)
     result = evaluate(model, ds, device, amp_dtype=resolve_amp(args.amp, device), progress=True,
                       pred_dir=out / "predictions" if args.save_predictions else None,
-                      channels_last=not args.no_channels_last)
+                      channels_last=not args.no_channels_last, per_image=args.report)
     if rank == 0:
         result.update(model=str(args.model), dataset=args.dataset, split=args.split)
-        write_report(result, out)
+        gallery = None
+        if args.report:
+            from .report import worst_images
+
+            gallery = worst_images(model, ds, result["per_image"], args.report_worst, device)
+        write_report(result, out, html=args.report, palette=model.palette, gallery=gallery)
         print(format_table(result))
-        print(f"{result['images_per_s']:.2f} images/s; wrote {out / 'metrics.json'}")
+        wrote = out / ("report.html" if args.report else "metrics.json")
+        print(f"{result['images_per_s']:.2f} images/s; wrote {wrote}")
     finish_distributed()
     return 0
 
@@ -206,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--amp", default="off", choices=("off", "auto", "bf16", "fp16"))
     e.add_argument("--threads", type=int)
     e.add_argument("--no-channels-last", action="store_true", help="keep the default memory format")
+    e.add_argument("--report", action="store_true", help="also write OUT/report.html: metrics, per-class IU bars, "
+                   "confusion matrix and a gallery of the worst images, in one self-contained page")
+    e.add_argument("--report-worst", type=int, default=8, metavar="N", help="images in the report's gallery")
     e.set_defaults(func=_cmd_evaluate)
 
     r = sub.add_parser("predict", help="segment images: label PNGs, overlays, probabilities, class shares")

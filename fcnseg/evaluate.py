@@ -14,6 +14,7 @@ import torch.distributed as dist
 from .checkpoint import atomic_write
 from .data.palettes import label_image
 from .metrics import ConfusionMatrix
+from .report import per_image_scores
 
 
 def _rank_world() -> tuple[int, int]:
@@ -25,7 +26,7 @@ def _rank_world() -> tuple[int, int]:
 @torch.inference_mode()
 def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: torch.dtype | None = None,
              pred_dir: str | Path | None = None, progress: bool = False,
-             channels_last: bool = False) -> dict:
+             channels_last: bool = False, per_image: bool = False) -> dict:
     """Scores ``model`` on ``dataset`` (whole images, one at a time, at the labels' resolution).
 
     Under ``torch.distributed`` each process takes every ``world``-th image and the confusion matrices are
@@ -39,10 +40,12 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
         pred_dir: if given, each prediction is written there as ``NAME.png`` (palette PNG of class indices).
         progress: show a progress bar.
         channels_last: run in channels-last memory format.
+        per_image: also score each image on its own (for the report's gallery of the worst images).
 
     Returns:
         ``pixel_acc``, ``mean_acc``, ``mean_iu``, ``fw_iu``, ``per_class_iu``, ``per_class_acc``,
-        ``class_names``, ``num_images``, ``images_per_s`` and ``confusion`` (a list of lists).
+        ``class_names``, ``num_images``, ``images_per_s`` and ``confusion`` (a list of lists); with
+        ``per_image``, also ``per_image``: ``index``, ``name``, ``mean_iu``, ``pixel_acc`` of every image.
     """
     import time
 
@@ -62,6 +65,7 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
         pred_dir = Path(pred_dir)
         pred_dir.mkdir(parents=True, exist_ok=True)
     start, n = time.perf_counter(), 0
+    image_scores: list[dict] = []
     for i in indices:
         image, labels = dataset[i]
         x = image.unsqueeze(0).to(device)
@@ -72,6 +76,9 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
         pred = scores.argmax(1)[0]
         cm.update(labels.to(device), pred)
         n += 1
+        if per_image:
+            image_scores.append({"index": i, "name": dataset.samples[i].name,
+                                 **per_image_scores(labels.to(device), pred, net.num_classes)})
         if pred_dir is not None:
             label_image(pred.cpu().numpy(), net.palette).save(pred_dir / f"{dataset.samples[i].name}.png")
     elapsed = time.perf_counter() - start
@@ -84,6 +91,12 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     result.update(class_names=list(net.class_names), num_images=int(counts[0]),
                   images_per_s=float(counts[0] / counts[1] * world) if counts[1] > 0 else float("nan"),
                   confusion=cm.mat.cpu().tolist())
+    if per_image:
+        if world > 1:
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, image_scores)
+            image_scores = [r for part in gathered for r in part]
+        result["per_image"] = sorted(image_scores, key=lambda r: r["index"])
     return result
 
 
@@ -105,8 +118,18 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(result: dict, out: str | Path) -> None:
-    """``metrics.json`` plus ``confusion_matrix.png`` and ``per_class_iu.png`` in ``out``."""
+def write_report(result: dict, out: str | Path, html: bool = False, palette=None,
+                 gallery: list[dict] | None = None) -> None:
+    """``metrics.json`` plus ``confusion_matrix.png`` and ``per_class_iu.png`` in ``out``; with ``html``, also
+    ``report.html``, one self-contained page (see ``fcnseg.report``).
+
+    Args:
+        result: ``evaluate``'s result (with ``model``, ``dataset``, ``split`` added by the caller, if known).
+        out: the folder (created).
+        html: also write ``report.html``.
+        palette: a colour per class for the page (default: fcnseg's default palette).
+        gallery: ``fcnseg.report.worst_images``' list for the page's gallery, or None for none.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "per_class_acc", "class_names",
@@ -118,6 +141,13 @@ def write_report(result: dict, out: str | Path) -> None:
     atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(text))
     plot_confusion(result, out / "confusion_matrix.png")
     plot_per_class_iu(result, out / "per_class_iu.png")
+    if html:
+        from .data.palettes import default_palette
+        from .report import html_report
+
+        page = html_report(result, palette or default_palette(len(result["class_names"])),
+                           (out / "confusion_matrix.png").read_bytes(), gallery)
+        atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
 
 def _nan_to_none(v):
