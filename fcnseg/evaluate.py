@@ -170,7 +170,8 @@ def plot_confusion(result: dict, path: Path) -> None:
     rows = mat / np.maximum(mat.sum(1, keepdims=True), 1)  # each true class's row sums to 1
     names = result["class_names"]
     n = len(names)
-    fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.5 + 0.45 * n))
+    # At least 5.5 x 4.5 inches, so the title and the tick labels of a few classes are not cut off.
+    fig, ax = plt.subplots(figsize=(max(5.5, 2 + 0.45 * n), max(4.5, 1.5 + 0.45 * n)))
     im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), names, rotation=90)
     ax.set_yticks(range(n), names)

@@ -13,6 +13,7 @@ import html
 import io
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ from PIL import Image
 from .data.palettes import colorize
 
 THUMB = 320  # longer side of gallery thumbnails, in pixels
+SHOWN = 200  # smaller thumbnails are shown enlarged to this longer side (pixelated), so tiny images stay visible
+IGNORED = (255, 255, 255)  # ignored pixels (255) in the label thumbnails: white, since class 0 is often black
 
 
 def per_image_scores(truth: torch.Tensor, pred: torch.Tensor, num_classes: int) -> dict:
@@ -48,7 +51,7 @@ def thumbnails(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette, 
 
     Args:
         image: ``HxWx3`` uint8 RGB.
-        truth, pred: ``HxW`` labels (255: ignored, drawn black).
+        truth, pred: ``HxW`` labels (255: ignored, drawn in ``IGNORED``'s colour).
         palette: a colour per class.
         size: longer side of the thumbnails (images are never enlarged).
     """
@@ -57,7 +60,7 @@ def thumbnails(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette, 
     tw, th = max(1, round(w * s)), max(1, round(h * s))
     photo = Image.fromarray(image).resize((tw, th), Image.LANCZOS)
     # Label maps are shrunk with NEAREST, so no blended colour that belongs to no class appears.
-    lab = [Image.fromarray(colorize(a, palette)).resize((tw, th), Image.NEAREST) for a in (truth, pred)]
+    lab = [Image.fromarray(colorize(a, palette, IGNORED)).resize((tw, th), Image.NEAREST) for a in (truth, pred)]
     return {"image": _data_url(photo, "JPEG"), "truth": _data_url(lab[0], "PNG"), "pred": _data_url(lab[1], "PNG"),
             "width": tw, "height": th}
 
@@ -112,7 +115,8 @@ position:relative}.bar span{display:block;height:100%;border-radius:3px;backgrou
 .cm{background:#fff;border:1px solid #dde1e8;border-radius:8px;padding:.5rem;max-width:100%}
 .gallery{display:flex;flex-direction:column;gap:1rem}.item{background:#fff;border:1px solid #dde1e8;border-radius:8px;
 padding:.6rem .8rem}.item .row{display:flex;flex-wrap:wrap;gap:.6rem}.item figure{margin:0}
-.item figcaption{font-size:.8rem;color:#6a7282}.item img{display:block;border-radius:4px;max-width:100%}
+.item figcaption{font-size:.8rem;color:#6a7282}.item img{display:block;border-radius:4px;max-width:100%;
+height:auto;image-rendering:pixelated}
 """
 
 
@@ -133,7 +137,9 @@ def html_report(result: dict, palette, confusion_png: bytes | None = None, galle
     """
     esc = html.escape
     names = result["class_names"]
-    model, data = result.get("model", "model"), f"{result.get('dataset', 'dataset')}:{result.get('split', '')}"
+    # A model file is named by its file name: the folder it sits in says nothing about it.
+    model = Path(str(result.get("model", "model"))).name
+    data = f"{result.get('dataset', 'dataset')}:{result.get('split', '')}"
     title = title or f"fcnseg evaluation: {model} on {data.rstrip(':')}"
     conf = np.asarray(result.get("confusion", []), dtype=np.float64)
     gt_pixels = conf.sum(1) if conf.size else np.zeros(len(names))
@@ -165,12 +171,14 @@ def html_report(result: dict, palette, confusion_png: bytes | None = None, galle
                      f"{base64.b64encode(confusion_png).decode('ascii')}'>")
     if gallery is not None:
         parts.append(f"<h2>The {len(gallery)} worst images</h2><p class='muted'>Lowest per-image mean IU first; "
-                     "image, ground truth (black: ignored) and prediction.</p><div class='gallery' id='gallery'>")
+                     "image, ground truth (white: ignored) and prediction.</p><div class='gallery' id='gallery'>")
         for g in gallery:
             parts.append(f"<div class='item'><b>{esc(str(g['name']))}</b> <span class='muted'>mean IU "
                          f"{_pct(g['mean_iu'])} · pixel acc {_pct(g['pixel_acc'])}</span><div class='row'>")
+            zoom = max(1.0, SHOWN / max(g["width"], g["height"]))
+            w, h = round(g["width"] * zoom), round(g["height"] * zoom)
             for key, label in (("image", "image"), ("truth", "ground truth"), ("pred", "prediction")):
-                parts.append(f"<figure><img src='{g[key]}' width='{g['width']}' height='{g['height']}' "
+                parts.append(f"<figure><img src='{g[key]}' width='{w}' height='{h}' "
                              f"alt='{label}'><figcaption>{label}</figcaption></figure>")
             parts.append("</div></div>")
         parts.append("</div>")

@@ -19,6 +19,7 @@ from PIL import Image
 import fcnseg
 from fcnseg.checkpoint import save_model
 from fcnseg.data.palettes import colorize
+from fcnseg.report import IGNORED
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,7 +121,7 @@ def test_evaluate_report_is_one_page_with_metrics_bars_confusion_and_worst_image
         photo, truth_im, pred_im = (_decode(thumbs[3 * k + j]["src"]) for j in range(3))
         assert photo.size == truth_im.size == pred_im.size == (64, 48)  # small images are not enlarged
         _, truth, pred = scores[name]
-        assert np.array_equal(np.array(truth_im.convert("RGB")), colorize(truth, palette))
-        assert np.array_equal(np.array(pred_im.convert("RGB")), colorize(pred, palette))
+        assert np.array_equal(np.array(truth_im.convert("RGB")), colorize(truth, palette, IGNORED))
+        assert np.array_equal(np.array(pred_im.convert("RGB")), colorize(pred, palette, IGNORED))
         original = np.array(Image.open(root / "images" / "val" / f"{name}.png").convert("RGB")).astype(int)
         assert np.abs(np.array(photo.convert("RGB")).astype(int) - original).mean() < 12  # JPEG of the photo
