@@ -80,12 +80,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         model = model.to(memory_format=torch.channels_last)
     result = evaluate(model, ds, device, amp_dtype=resolve_amp(args.amp, device), progress=True,
                       pred_dir=out / "predictions" if args.save_predictions else None,
-                      channels_last=not args.no_channels_last, boundary_width=args.boundary or None)
+                      channels_last=not args.no_channels_last, boundary_width=args.boundary or None,
+                      per_image=args.report)
     if rank == 0:
         result.update(model=str(args.model), dataset=args.dataset, split=args.split)
-        write_report(result, out)
+        gallery = None
+        if args.report:
+            from .report import worst_images
+
+            gallery = worst_images(model, ds, result["per_image"], args.report_worst, device)
+        write_report(result, out, html=args.report, palette=model.palette, gallery=gallery)
         print(format_table(result))
-        print(f"{result['images_per_s']:.2f} images/s; wrote {out / 'metrics.json'}")
+        wrote = out / ("report.html" if args.report else "metrics.json")
+        print(f"{result['images_per_s']:.2f} images/s; wrote {wrote}")
     finish_distributed()
     return 0
 
@@ -152,6 +159,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import Limits, serve
+
+    limits = Limits(max_upload_bytes=round(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                    workers=args.workers, queue=args.queue)
+    serve(args.model or ["camvid-fcn8s-lite0"], host=args.host, port=args.port, limits=limits, device=args.device,
+          threads=args.threads, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -198,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-channels-last", action="store_true", help="keep the default memory format")
     e.add_argument("--boundary", type=int, metavar="W",
                    help="also score pixels within W pixels of label edges (how sharp the boundaries are)")
+    e.add_argument("--report", action="store_true", help="also write OUT/report.html: metrics, per-class IU bars, "
+                   "confusion matrix and a gallery of the worst images, in one self-contained page")
+    e.add_argument("--report-worst", type=int, default=8, metavar="N", help="images in the report's gallery")
     e.set_defaults(func=_cmd_evaluate)
 
     r = sub.add_parser("predict", help="segment images: label PNGs, overlays, probabilities, class shares")
@@ -228,6 +248,22 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", help="output file (default: MODEL.onnx or MODEL.pt here)")
     x.add_argument("--no-verify", action="store_true", help="skip comparing outputs with PyTorch on 4 sizes")
     x.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("serve", help="a local web app and JSON/PNG API: drop images, see the overlay and shares")
+    s.add_argument("--model", action="append", help="a pretrained name, a .safetensors or an .onnx file "
+                   "(repeatable; the first is the default; default: camvid-fcn8s-lite0)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (413 beyond)")
+    s.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="largest image in pixels, checked from the header (413 beyond: decompression bombs)")
+    s.add_argument("--workers", type=int, default=1, help="images segmented at once")
+    s.add_argument("--queue", type=int, default=8, help="requests waiting for a worker; more get 503 + Retry-After")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn's log level (warning: no line per request)")
+    s.set_defaults(func=_cmd_serve)
     return p
 
 

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from .checkpoint import atomic_write
 from .data.palettes import label_image
 from .metrics import ConfusionMatrix, boundary_band
+from .report import per_image_scores
 
 
 def _rank_world() -> tuple[int, int]:
@@ -25,7 +26,8 @@ def _rank_world() -> tuple[int, int]:
 @torch.inference_mode()
 def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: torch.dtype | None = None,
              pred_dir: str | Path | None = None, progress: bool = False,
-             channels_last: bool = False, boundary_width: int | None = None) -> dict:
+             channels_last: bool = False, boundary_width: int | None = None,
+             per_image: bool = False) -> dict:
     """Scores ``model`` on ``dataset`` (whole images, one at a time, at the labels' resolution).
 
     Under ``torch.distributed`` each process takes every ``world``-th image and the confusion matrices are
@@ -41,11 +43,13 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
         channels_last: run in channels-last memory format.
         boundary_width: also score the pixels within this many pixels of a label edge
             (``metrics.boundary_band``) and return their scores under ``boundary``; None: off.
+        per_image: also score each image on its own (for the report's gallery of the worst images).
 
     Returns:
         ``pixel_acc``, ``mean_acc``, ``mean_iu``, ``fw_iu``, ``per_class_iu``, ``per_class_acc``,
         ``class_names``, ``num_images``, ``images_per_s`` and ``confusion`` (a list of lists); with
         ``boundary_width``, ``boundary``: the same scores (without the matrix) on the edge band, and its width.
+        with ``per_image``, also ``per_image``: ``index``, ``name``, ``mean_iu``, ``pixel_acc`` of every image.
     """
     import time
 
@@ -66,6 +70,7 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
         pred_dir = Path(pred_dir)
         pred_dir.mkdir(parents=True, exist_ok=True)
     start, n = time.perf_counter(), 0
+    image_scores: list[dict] = []
     for i in indices:
         image, labels = dataset[i]
         x = image.unsqueeze(0).to(device)
@@ -80,6 +85,9 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
             band = boundary_band(labels, boundary_width)
             band_cm.update(torch.where(band, labels, cm.ignore_index), pred)
         n += 1
+        if per_image:
+            image_scores.append({"index": i, "name": dataset.samples[i].name,
+                                 **per_image_scores(labels, pred, net.num_classes)})
         if pred_dir is not None:
             label_image(pred.cpu().numpy(), net.palette).save(pred_dir / f"{dataset.samples[i].name}.png")
     elapsed = time.perf_counter() - start
@@ -96,6 +104,12 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
                   confusion=cm.mat.cpu().tolist())
     if band_cm is not None:
         result["boundary"] = {"width": int(boundary_width), **band_cm.compute()}
+    if per_image:
+        if world > 1:
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, image_scores)
+            image_scores = [r for part in gathered for r in part]
+        result["per_image"] = sorted(image_scores, key=lambda r: r["index"])
     return result
 
 
@@ -120,8 +134,18 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(result: dict, out: str | Path) -> None:
-    """``metrics.json`` plus ``confusion_matrix.png`` and ``per_class_iu.png`` in ``out``."""
+def write_report(result: dict, out: str | Path, html: bool = False, palette=None,
+                 gallery: list[dict] | None = None) -> None:
+    """``metrics.json`` plus ``confusion_matrix.png`` and ``per_class_iu.png`` in ``out``; with ``html``, also
+    ``report.html``, one self-contained page (see ``fcnseg.report``).
+
+    Args:
+        result: ``evaluate``'s result (with ``model``, ``dataset``, ``split`` added by the caller, if known).
+        out: the folder (created).
+        html: also write ``report.html``.
+        palette: a colour per class for the page (default: fcnseg's default palette).
+        gallery: ``fcnseg.report.worst_images``' list for the page's gallery, or None for none.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "per_class_acc", "class_names",
@@ -133,6 +157,13 @@ def write_report(result: dict, out: str | Path) -> None:
     atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(text))
     plot_confusion(result, out / "confusion_matrix.png")
     plot_per_class_iu(result, out / "per_class_iu.png")
+    if html:
+        from .data.palettes import default_palette
+        from .report import html_report
+
+        page = html_report(result, palette or default_palette(len(result["class_names"])),
+                           (out / "confusion_matrix.png").read_bytes(), gallery)
+        atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
 
 def _nan_to_none(v):
@@ -155,7 +186,8 @@ def plot_confusion(result: dict, path: Path) -> None:
     rows = mat / np.maximum(mat.sum(1, keepdims=True), 1)  # each true class's row sums to 1
     names = result["class_names"]
     n = len(names)
-    fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.5 + 0.45 * n))
+    # At least 5.5 x 4.5 inches, so the title and the tick labels of a few classes are not cut off.
+    fig, ax = plt.subplots(figsize=(max(5.5, 2 + 0.45 * n), max(4.5, 1.5 + 0.45 * n)))
     im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), names, rotation=90)
     ax.set_yticks(range(n), names)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -22,24 +23,30 @@ class ImageError(ValueError):
     """An image file that cannot be used; the message names the file."""
 
 
-def decode_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS, exif: bool = True) -> np.ndarray:
+def decode_image(path: str | os.PathLike | BinaryIO, max_pixels: int | None = MAX_PIXELS, exif: bool = True,
+                 name: str | None = None) -> np.ndarray:
     """Reads ``path`` as an ``HxWx3`` uint8 RGB array.
 
     Args:
-        path: the image file.
+        path: the image file, or a binary file object positioned at its start (an upload held in memory).
         max_pixels: refuse images with more pixels than this (checked before decoding); None for no limit.
         exif: turn the image upright per its EXIF orientation (photos); datasets turn it off so that images
             stay aligned with their masks, which carry no orientation.
+        name: what messages call the image (default: the path, or "upload" for a file object).
 
     Raises:
         FileNotFoundError: the file does not exist.
         ImageError: anything else (not an image, truncated, too large, unsupported mode); names the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
+    if hasattr(path, "read"):
+        source, path = path, Path(name or "upload")
+    else:
+        path = source = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such image file")
+        path = Path(name) if name else path
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             w, h = im.size
             if max_pixels and w * h > max_pixels:
                 raise ImageError(f"{path}: {w}x{h} is {w * h / 1e6:.0f} Mpixel, more than the limit of "
@@ -55,7 +62,8 @@ def decode_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS, e
         raise ImageError(f"{path}: refused as a decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError) as e:
         # Pillow reports unknown formats, truncation and bad chunks with assorted exception types.
-        if path.stat().st_size == 0:
+        empty = source.stat().st_size == 0 if isinstance(source, Path) else source.seek(0, os.SEEK_END) == 0
+        if empty:
             raise ImageError(f"{path}: empty file (0 bytes)") from None
         raise ImageError(f"{path}: cannot read image ({e})") from None
 
