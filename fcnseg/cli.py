@@ -124,6 +124,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                     batch_size=args.batch_size, max_pixels=args.max_pixels or None,
                                     progress=None if not args.quiet else False, verbose=not args.quiet)
     print(f"wrote {len(results)} predictions to {args.out}")
+    if args.quiet:  # quiet drops the per-image lines, not the errors
+        for error in errors:
+            print(f"fcnseg: error: {error}", file=sys.stderr)
     if errors:
         print(f"fcnseg: {len(errors)} of {len(results) + len(errors)} images failed", file=sys.stderr)
         return 1

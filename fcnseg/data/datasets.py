@@ -9,6 +9,7 @@ Labels come out in ``[0, num_classes)`` or 255 (ignored); anything else is an er
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +203,10 @@ def _read_raw_mask(path: Path, fmt: str) -> np.ndarray:
 
         # SBD: GTcls.Segmentation holds the class labels (0 background, 1..20, no boundary label).
         return np.asarray(loadmat(str(path), squeeze_me=True)["GTcls"]["Segmentation"].item(), dtype=np.int64)
-    with Image.open(path) as im:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked just below
+        im = Image.open(path)
+    with im:
         w, h = im.size
         if w * h > MAX_PIXELS:  # checked from the header, before decoding (decompression bombs)
             raise ValueError(f"{w}x{h} is more than the limit of {MAX_PIXELS / 1e6:.0f} Mpixel")
