@@ -244,7 +244,19 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
         # A bounded wait: if one process dies outside torchrun (which would end the others), the rest fail
         # after this long instead of gloo's 30 minutes. Rank 0 alone writes checkpoints and reports meanwhile.
         timeout = datetime.timedelta(seconds=float(os.environ.get("FCNSEG_DIST_TIMEOUT", "600")))
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if restart != "0":
+            # After `torchrun --max-restarts` restarts the workers they share the agent's store with the failed
+            # attempt, whose keys (the dead processes' addresses) would be read again: gloo then connects to a
+            # closed port and hangs or fails. A prefix per attempt gives each attempt its own keys.
+            from torch.distributed.rendezvous import rendezvous
+
+            store, rank, size = next(rendezvous("env://", timeout=timeout))
+            store = dist.PrefixStore(f"fcnseg/attempt{restart}", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
+        else:
+            dist.init_process_group(backend, timeout=timeout)
     rank = dist.get_rank() if dist.is_initialized() else 0
     return rank, world, dev
 
