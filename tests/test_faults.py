@@ -69,15 +69,16 @@ class _Checkpoints:
 def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_path, shapes):
     """Three SIGKILLs at seeded random points, one of them inside a checkpoint write; after each, every file is
     readable; each restart resumes; the finished weights equal an uninterrupted run's bit for bit."""
-    common = dict(epochs=3, ckpt_every=1, loss_sample=0.7, color_jitter=0.2, val_every=3)  # 9 steps, 3 per epoch
+    # 6 steps, 3 per epoch, a checkpoint after each; loss sampling and colour jitter draw random numbers too.
+    common = dict(epochs=2, ckpt_every=1, loss_sample=0.7, color_jitter=0.2, val_split=None)
     ref = _cli("train", *_args(tiny(shapes, tmp_path / "ref", **common)))
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
     args = ["train", "--resume", *_args(tiny(shapes, out, **common))]  # --resume: fresh when there is no last.pt
     rng = random.Random(6)
-    plan = [("after checkpoint", rng.randint(1, 2), rng.uniform(0.0, 0.4)),
-            ("inside a checkpoint write", rng.randint(3, 5), 0.0),
-            ("after checkpoint", rng.randint(6, 7), rng.uniform(0.0, 0.4))]
+    plan = [("after checkpoint", rng.randint(1, 2), rng.uniform(0.0, 0.3)),
+            ("inside a checkpoint write", rng.randint(3, 4), 0.0),
+            ("after checkpoint", 5, rng.uniform(0.0, 0.3))]
     steps = [0]
     for kind, at_step, delay in plan:
         inside = kind.startswith("inside")
@@ -109,7 +110,7 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_p
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k  # bitwise: same batches, augmentations and loss samples
-    assert _steps_logged(out) == list(range(1, 10))  # each step logged once, across four processes
+    assert _steps_logged(out) == list(range(1, 7))  # each step logged once, across four processes
     assert not stale_temp_files(out)  # the temporary left by the kill in a write was cleared on resume
 
 
