@@ -347,3 +347,25 @@ def test_missing_config_and_folders(tmp_path, capsys, model_file):
     assert code == 2
     _one_clear_line(err, tmp_path / "no.safetensors", "no such model file")
     _nothing_written(tmp_path / "run")
+
+
+class _Breaks(torch.utils.data.Dataset):
+    """A dataset whose file goes bad after the check (replaced on disk mid-run)."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int):
+        from fcnseg.data import DatasetError
+
+        raise DatasetError("/data/images/x.png: cannot read image (image file is truncated)")
+
+
+def test_an_error_in_a_data_worker_is_one_line_naming_the_file():
+    from fcnseg.cli import one_line
+
+    loader = torch.utils.data.DataLoader(_Breaks(), num_workers=1)
+    with pytest.raises(Exception) as e:
+        next(iter(loader))
+    assert "\n" in str(e.value)  # torch wraps it: "Caught DatasetError in DataLoader worker process 0. ..."
+    assert one_line(e.value) == "/data/images/x.png: cannot read image (image file is truncated)"
