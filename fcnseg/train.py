@@ -554,7 +554,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         except WriteError as e:
             # A run that cannot checkpoint stops: going on would risk losing everything after the last good one.
             kept = f"the checkpoint of step {saved_step} is kept" if saved_step else "no checkpoint was written"
-            raise WriteError(f"{e} at step {step}; training stopped ({kept})") from e
+            raise WriteError(f"{e}; training stopped at step {step} ({kept})") from e
         saved_step = step
 
     result: dict = {}

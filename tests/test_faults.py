@@ -156,7 +156,7 @@ def test_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(tm
         assert code == 2
         lines = err.strip().splitlines()
         assert lines == [f"fcnseg: error: {run / 'last.pt'}: could not write (No space left on device); any "
-                         "previous file there is unchanged at step 2; training stopped (the checkpoint of step 1 "
+                         "previous file there is unchanged; training stopped at step 2 (the checkpoint of step 1 "
                          "is kept)"], err
         assert load_checkpoint(run / "last.pt")["step"] == 1
         assert not stale_temp_files(run) and not (run / "model.safetensors").exists()
