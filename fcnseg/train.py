@@ -662,7 +662,9 @@ class _Logger:
         if step and path.exists():
             with open(path, newline="") as f:
                 rows = [r for r in csv.reader(f)][1:]
-            rows = [r for r in rows if r and r[0].isdigit() and int(r[0]) <= step]
+            # A kill can cut the last row short (the writer's buffer ends mid-row): such a row has fewer fields,
+            # and its first field may be a prefix of the real step ("12" of "1234"); drop it.
+            rows = [r for r in rows if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= step]
 
         def write(tmp: str) -> None:
             with open(tmp, "w", newline="") as t:

@@ -229,3 +229,17 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_resumes(tmp_path):
     assert _steps_logged(out) == [1, 2, 3, 4]
     assert load_checkpoint(out / "last.pt")["step"] == 4 and (out / "model.safetensors").is_file()
     assert time.time() - t < 240
+
+
+def test_resume_drops_log_rows_after_the_checkpoint_and_a_row_cut_by_the_kill(tmp_path):
+    """The log holds steps 1..12 and the start of step 13's row ("1"), cut by the kill; the checkpoint is at 10."""
+    from fcnseg.train import TrainConfig, _Logger
+
+    header = "step,epoch,loss,lr,images_per_s,seconds\n"
+    rows = "".join(f"{i},1,0.5,0.1,1.0,{i}.0\n" for i in range(1, 13))
+    (tmp_path / "train_log.csv").write_text(header + rows + "1")
+    logger = _Logger(tmp_path, TrainConfig(out=str(tmp_path), tensorboard=False), step=10)
+    logger.step(11, 1, 0.4, 0.1, 1.0)
+    logger.close()
+    assert _steps_logged(tmp_path) == list(range(1, 12))
+    assert not stale_temp_files(tmp_path)
