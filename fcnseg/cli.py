@@ -131,6 +131,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                     batch_size=args.batch_size, max_pixels=args.max_pixels or None,
                                     progress=None if not args.quiet else False, verbose=not args.quiet)
     print(f"wrote {len(results)} predictions to {args.out}")
+    if args.quiet:  # quiet drops the per-image lines, not the errors
+        for error in errors:
+            print(f"fcnseg: error: {error}", file=sys.stderr)
     if errors:
         print(f"fcnseg: {len(errors)} of {len(results) + len(errors)} images failed", file=sys.stderr)
         return 1
@@ -275,8 +278,36 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as e:
         if args.debug:
             traceback.print_exc()
-        print(f"fcnseg: error: {e}", file=sys.stderr)
+        print(f"fcnseg: error: {one_line(e)}", file=sys.stderr)
+        _leave_process_group()
         return 2
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` as one line.
+
+    An error raised in a DataLoader worker comes back as "Caught DatasetError in DataLoader worker process 0.
+    Original Traceback ...": the useful line (naming the file) is the last, "module.DatasetError: path: ...".
+    """
+    text = str(e).strip() or type(e).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Original Traceback" in text:
+        last = lines[-1]
+        head, sep, rest = last.partition(": ")
+        return rest if sep and head.replace(".", "").replace("_", "").isalnum() else last
+    return "; ".join(lines)
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, an error on one process takes its process group down at once, so the other processes
+    fail now rather than waiting for a collective that never comes (torchrun's agent then stops them)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # already broken: exiting is all that is left
+        pass
 
 
 if __name__ == "__main__":

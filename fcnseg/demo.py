@@ -23,6 +23,7 @@ from PIL import Image
 from .models import build_model, build_trunk, count_parameters, to_tensor
 from .models.surgery import linear_to_conv
 from .models.weights import imagenet_categories, load_backbone_weights, read_state_dict
+from .predict import _save_image
 from .preprocessing import Normalize
 
 
@@ -86,7 +87,7 @@ def run_demo(out: str, threads: int = 2, classifier: bool = False, model: str = 
             colour = tuple(int(v) for v in colorize(np.array([[net.class_names.index(name)]]), net.palette)[0, 0])
             draw.rectangle([photo.width * 2 + 10, y, photo.width * 2 + 28, y + 16], fill=colour)
             draw.text((photo.width * 2 + 34, y + 2), f"{name} {100 * share:.1f}%", fill="black")
-        sheet.save(out_dir / f"{stem}_sheet.jpg", quality=90)
+        _save_image(sheet, out_dir / f"{stem}_sheet.jpg", quality=90)
     total = sum(r["ms"] for r in results)
     print(f"segmented {len(results)} photos in {total / 1000:.2f} s ({threads} threads); wrote "
           f"{out_dir}/*_sheet.jpg, *_overlay.jpg, *.png (labels) and summary.json")
@@ -124,9 +125,9 @@ def run_classifier_demo(out: str, threads: int = 2) -> int:
         heat = F.interpolate(prob[top][None, None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0, 0]
         heat = (heat / heat.max()).numpy()
         overlay = (0.45 * rgb + 0.55 * np.stack([255 * heat, 64 * heat, 255 * (1 - heat)], -1)).astype(np.uint8)
-        Image.fromarray(np.concatenate([rgb, overlay], 1)).save(out_dir / f"{name}_heatmap.png")
+        _save_image(Image.fromarray(np.concatenate([rgb, overlay], 1)), out_dir / f"{name}_heatmap.png")
         colours = _palette(1000)[winners.numpy()]
-        Image.fromarray(colours).resize(rgb.shape[1::-1], Image.NEAREST).save(out_dir / f"{name}_classmap.png")
+        _save_image(Image.fromarray(colours).resize(rgb.shape[1::-1], Image.NEAREST), out_dir / f"{name}_classmap.png")
     fcn = build_model("fcn8s", "efficientnet_lite0", 21, "imagenet").eval()
     x = torch.rand(1, 3, 360, 480)
     with torch.inference_mode():

@@ -89,7 +89,8 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
             image_scores.append({"index": i, "name": dataset.samples[i].name,
                                  **per_image_scores(labels, pred, net.num_classes)})
         if pred_dir is not None:
-            label_image(pred.cpu().numpy(), net.palette).save(pred_dir / f"{dataset.samples[i].name}.png")
+            im = label_image(pred.cpu().numpy(), net.palette)
+            atomic_write(pred_dir / f"{dataset.samples[i].name}.png", lambda tmp, im=im: im.save(tmp, format="PNG"))
     elapsed = time.perf_counter() - start
     cm.all_reduce()
     if band_cm is not None:
@@ -176,6 +177,15 @@ def _nan_to_none(v):
     return v
 
 
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def plot_confusion(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -202,8 +212,7 @@ def plot_confusion(result: dict, path: Path) -> None:
     ax.set_title(f"confusion (row-normalised), mean IU {100 * result['mean_iu']:.1f}")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def plot_per_class_iu(result: dict, path: Path) -> None:
@@ -222,5 +231,4 @@ def plot_per_class_iu(result: dict, path: Path) -> None:
     ax.set_ylabel("IU (%)")
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import os
 import random
+import signal
 import sys
 import time
 import warnings
@@ -31,7 +33,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+from .checkpoint import (
+    WriteError,
+    atomic_write,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    save_model,
+    stale_temp_files,
+)
 from .data import IGNORE, build_dataset, eval_transforms, pad_collate, train_transforms
 from .data.transforms import seeded
 from .evaluate import evaluate, format_table, write_report
@@ -144,10 +154,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
                 raise ValueError(f"override {item!r} is not key=value")
             key, text = item.split("=", 1)
             values[key.strip().replace("-", "_")] = yaml.safe_load(text) if text else None
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown config keys {unknown}; valid keys: {', '.join(sorted(names))}")
+    where = f"{path}: " if path is not None else ""
+    _check_keys_and_types(values, where)
     mode = values.get("mode", "modern")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
@@ -159,6 +167,41 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         cfg.lr = HEAVY_LR[cfg.arch] if cfg.arch in HEAVY_LR else 1e-10
     _validate(cfg)
     return cfg
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict, "None": type(None)}
+
+
+def _check_keys_and_types(values: dict, where: str = "") -> None:
+    """Refuses unknown keys (suggesting the closest valid one) and values of the wrong type, naming the key.
+
+    Integers are accepted for float keys, and so are strings that read as numbers: YAML 1.1 reads ``1e-3``
+    (no dot) as a string. Booleans are not integers here, though Python says they are.
+    """
+    import difflib
+
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for key in values:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(fields))}"
+            raise ValueError(f"{where}unknown config key {key!r}{hint}")
+    for key, value in values.items():
+        allowed = [_TYPES[t.strip()] for t in str(fields[key]).split("|")]
+        if float in allowed and isinstance(value, str):
+            try:
+                values[key] = value = float(value)
+            except ValueError:
+                pass
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = value = float(value)
+        if key == "amp" and isinstance(value, bool):  # YAML reads a bare off/on as a boolean; handled later
+            continue
+        ok = any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed)
+        if not ok:
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ValueError(f"{where}config key {key!r} must be {names}, got {value!r} "
+                             f"({'null' if value is None else type(value).__name__})")
 
 
 def _validate(cfg: TrainConfig) -> None:
@@ -204,7 +247,22 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dev = resolve_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        # A bounded wait: if one process dies outside torchrun (which would end the others), the rest fail
+        # after this long instead of gloo's 30 minutes. Rank 0 alone writes checkpoints and reports meanwhile.
+        timeout = datetime.timedelta(seconds=float(os.environ.get("FCNSEG_DIST_TIMEOUT", "600")))
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if restart != "0":
+            # After `torchrun --max-restarts` restarts the workers they share the agent's store with the failed
+            # attempt, whose keys (the dead processes' addresses) would be read again: gloo then connects to a
+            # closed port and hangs or fails. A prefix per attempt gives each attempt its own keys.
+            from torch.distributed.rendezvous import rendezvous
+
+            store, rank, size = next(rendezvous("env://", timeout=timeout))
+            store = dist.PrefixStore(f"fcnseg/attempt{restart}", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
+        else:
+            dist.init_process_group(backend, timeout=timeout)
     rank = dist.get_rank() if dist.is_initialized() else 0
     return rank, world, dev
 
@@ -389,6 +447,21 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _fault_hook(step: int, rank: int) -> None:
+    """Fault injection for the tests: with ``FCNSEG_FAULT_AT_STEP=N`` (and ``FCNSEG_FAULT_RANK``, default 0) the
+    process SIGKILLs itself right after step N, once: only while the file ``FCNSEG_FAULT_MARKER`` does not exist,
+    and it creates it first, so a restarted run goes through."""
+    at = os.environ.get("FCNSEG_FAULT_AT_STEP")
+    if not at or step != int(at) or rank != int(os.environ.get("FCNSEG_FAULT_RANK", "0")):
+        return
+    marker = Path(os.environ.get("FCNSEG_FAULT_MARKER", "fcnseg-fault-done"))
+    if marker.exists():
+        return
+    marker.write_text(f"killed rank {rank} after step {step}\n")
+    print(f"fault injection: rank {rank} kills itself after step {step}", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     """Runs training; returns the last validation scores (or an empty dict without validation)."""
     rank, world, device = setup_distributed(cfg.device)
@@ -470,17 +543,29 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
 
+    if main:
+        for tmp in stale_temp_files(out):  # left by a run killed inside a write; the real files are whole
+            tmp.unlink(missing_ok=True)
     logger = _Logger(out, cfg, step) if main else None
 
+    saved_step = step if resume and step else None
+
     def checkpoint(epoch_: int, batch_: int) -> None:
+        nonlocal saved_step
         if not main:
             return
         logger.flush()  # log rows up to this step survive a kill, as the checkpoint does
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
-                         "batch": batch_, "step": step, "best": best, "train_seconds": train_seconds,
-                         "rng": _rng_state(), "config": asdict(cfg),
-                         "preprocessing": model.preprocessing.to_dict()}, out / "last.pt")
+        try:
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
+                             "batch": batch_, "step": step, "best": best, "train_seconds": train_seconds,
+                             "rng": _rng_state(),
+                             "config": asdict(cfg), "preprocessing": model.preprocessing.to_dict()}, out / "last.pt")
+        except WriteError as e:
+            # A run that cannot checkpoint stops: going on would risk losing everything after the last good one.
+            kept = f"the checkpoint of step {saved_step} is kept" if saved_step else "no checkpoint was written"
+            raise WriteError(f"{e}; training stopped at step {step} ({kept})") from e
+        saved_step = step
 
     result: dict = {}
     # A private generator: creating a loader must not draw from the global RNG (the loss sampling's), or a
@@ -513,6 +598,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             scaler.update()
             scheduler.step()
             step += 1
+            _fault_hook(step, rank)
             seen += images.shape[0] * world
             if main:
                 rate = seen / (time.perf_counter() - tick)
@@ -567,7 +653,8 @@ class _Logger:
         import yaml
 
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        text = yaml.safe_dump(asdict(cfg), sort_keys=False)
+        atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(text))
         self.out, self.cfg, self.t0 = out, cfg, time.perf_counter()
         # On resume, rows written after the checkpoint are dropped: the run replays those steps.
         self.train_csv = self._open("train_log.csv", ["step", "epoch", "loss", "lr", "images_per_s", "seconds"], step)
@@ -589,13 +676,19 @@ class _Logger:
         if step and path.exists():
             with open(path, newline="") as f:
                 rows = [r for r in csv.reader(f)][1:]
-            rows = [r for r in rows if r and int(r[0]) <= step]
-        f = open(path, "w", newline="")  # noqa: SIM115 - kept open for the run
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-        f.flush()
-        return f, w
+            # A kill can cut the last row short (the writer's buffer ends mid-row): such a row has fewer fields,
+            # and its first field may be a prefix of the real step ("12" of "1234"); drop it.
+            rows = [r for r in rows if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= step]
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as t:
+                csv.writer(t).writerows([header, *rows])
+
+        # The kept rows replace the file in one rename (a kill here keeps the old log, whose extra rows the next
+        # resume drops again); then rows are appended, a step at a time, as the run goes.
+        atomic_write(path, write)
+        f = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
+        return f, csv.writer(f)
 
     def step(self, step: int, epoch: int, loss: float, lr: float, rate: float) -> None:
         f, w = self.train_csv

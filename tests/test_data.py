@@ -76,7 +76,7 @@ def test_bad_input_is_reported_with_the_file(tmp_path):
     text = "\n".join(problems)
     assert "img001.png: mask is 10x10 but its image img001.png is 64x48" in text
     assert "img002.png: label values [7] are outside 0..2" in text
-    assert "img003.png: corrupt or unreadable image" in text
+    assert "img003.png: cannot read image" in text
     ds = folder(root)
     ds.check(skip_bad=True)
     assert [s.name for s in ds.samples] == ["img004"]

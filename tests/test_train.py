@@ -2,17 +2,14 @@
 
 import csv
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_shapes
-from safetensors.torch import load_file
 
 from fcnseg.checkpoint import load_model
 from fcnseg.data import DatasetError, build_dataset, eval_transforms
@@ -116,7 +113,7 @@ def test_amp_choice_follows_the_device():
 
 
 def test_config_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown config keys \['bogus'\]"):
+    with pytest.raises(ValueError, match=r"unknown config key 'bogus'; valid keys: amp, arch"):
         load_config(None, ["bogus=1"])
     with pytest.raises(ValueError, match="not key=value"):
         load_config(None, ["epochs"])
@@ -149,36 +146,6 @@ def _args(cfg: dict) -> list[str]:
 
     return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
             for k, v in cfg.items()]
-
-
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, shapes):
-    common = dict(epochs=3, ckpt_every=1, loss_sample=0.7, color_jitter=0.2, val_every=3)
-    ref = _cli("train", *_args(tiny(shapes, tmp_path / "ref", **common)))
-    assert ref.returncode == 0, ref.stderr
-    args = _args(tiny(shapes, tmp_path / "killed", **common))
-    proc = subprocess.Popen([sys.executable, "-m", "fcnseg.cli", "train", *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "2"})
-    ckpt = tmp_path / "killed" / "last.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] >= 5:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    state = torch.load(ckpt, weights_only=True)
-    assert 5 <= state["step"] < 9, "the run should be killed mid-way"
-    assert not (tmp_path / "killed" / "model.safetensors").exists()
-    resumed = _cli("train", "--resume", *args)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stdout
-    a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
-    with open(tmp_path / "killed" / "train_log.csv") as f:
-        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 10))
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, shapes):

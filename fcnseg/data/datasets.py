@@ -8,6 +8,8 @@ Labels come out in ``[0, num_classes)`` or 255 (ignored); anything else is an er
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import IMAGE_EXTS, ImageError, decode_image
+from .images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image
 from .palettes import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, default_palette, voc_palette
 
 IGNORE = 255
@@ -95,7 +97,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             raw = _read_raw_mask(path, self.mask_format)
         except FileNotFoundError:
             raise DatasetError(f"{path}: mask file is missing") from None
-        except (OSError, SyntaxError, ValueError, KeyError) as e:
+        except (OSError, SyntaxError, ValueError, KeyError, EOFError, Image.DecompressionBombError) as e:
             raise DatasetError(f"{path}: cannot read mask ({e})") from None
         if self.mask_format == "rgb":
             labels = self._rgb_to_labels(raw, path)
@@ -142,25 +144,36 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return self.transforms(img, lab)
 
     def check(self, skip_bad: bool = False, progress: bool = False) -> list[str]:
-        """Reads every mask and every image header before any training starts.
+        """Decodes every image and mask once before any training starts.
 
+        Whole decodes, not just headers: a truncated JPEG passes a header check and would only fail mid-run
+        (and ``skip_bad`` could not drop it). Images are decoded on a few threads (Pillow releases the GIL).
         Raises ``DatasetError`` on the first bad pair, or with ``skip_bad`` drops the bad pairs and returns
         their messages. An empty dataset is always an error.
         """
-        problems, keep = [], []
-        it = range(len(self.samples))
-        if progress:
-            from tqdm import tqdm
+        from concurrent.futures import ThreadPoolExecutor
 
-            it = tqdm(it, desc=f"checking {self.name}", leave=False)
-        for i in it:
+        def one(i: int) -> str | None:
             try:
                 self._check_one(i)
-                keep.append(self.samples[i])
             except DatasetError as e:
-                if not skip_bad:
-                    raise
-                problems.append(str(e))
+                return str(e)
+            return None
+
+        problems, keep = [], []
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            results = pool.map(one, range(len(self.samples)))
+            if progress:
+                from tqdm import tqdm
+
+                results = tqdm(results, total=len(self.samples), desc=f"checking {self.name}", leave=False)
+            for i, problem in enumerate(results):
+                if problem is None:
+                    keep.append(self.samples[i])
+                elif not skip_bad:
+                    raise DatasetError(problem)
+                else:
+                    problems.append(problem)
         self.samples = keep
         if not self.samples:
             raise DatasetError(f"{self.name}: no usable image/mask pairs" + (f" ({len(problems)} bad)" if problems
@@ -169,18 +182,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def _check_one(self, i: int) -> None:
         s = self.samples[i]
-        try:
-            with Image.open(s.image) as im:
-                size = im.size
-                im.verify()  # structure and checksums, without decoding all pixels
-        except FileNotFoundError:
-            raise DatasetError(f"{s.image}: image file is missing") from None
-        except Exception as e:  # PIL raises many types for corrupt files
-            raise DatasetError(f"{s.image}: corrupt or unreadable image ({e})") from None
+        h, w = self.read_image(i).shape[:2]
         labels = self.read_mask(i)
-        if (labels.shape[1], labels.shape[0]) != size:
+        if labels.shape != (h, w):
             raise DatasetError(f"{s.mask}: mask is {labels.shape[1]}x{labels.shape[0]} but its image "
-                               f"{s.image.name} is {size[0]}x{size[1]}")
+                               f"{s.image.name} is {w}x{h}")
 
     def class_frequencies(self) -> np.ndarray:
         """Pixels of each class over the dataset (ignored pixels left out)."""
@@ -197,7 +203,13 @@ def _read_raw_mask(path: Path, fmt: str) -> np.ndarray:
 
         # SBD: GTcls.Segmentation holds the class labels (0 background, 1..20, no boundary label).
         return np.asarray(loadmat(str(path), squeeze_me=True)["GTcls"]["Segmentation"].item(), dtype=np.int64)
-    with Image.open(path) as im:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked just below
+        im = Image.open(path)
+    with im:
+        w, h = im.size
+        if w * h > MAX_PIXELS:  # checked from the header, before decoding (decompression bombs)
+            raise ValueError(f"{w}x{h} is more than the limit of {MAX_PIXELS / 1e6:.0f} Mpixel")
         if fmt == "rgb":
             return np.array(im.convert("RGB"))
         if im.mode in ("RGB", "RGBA"):

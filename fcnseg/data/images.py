@@ -8,6 +8,7 @@ The pixel count is checked from the header, before any pixel is decoded.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,12 +47,15 @@ def decode_image(path: str | os.PathLike | BinaryIO, max_pixels: int | None = MA
             raise FileNotFoundError(f"{path}: no such image file")
         path = Path(name) if name else path
     try:
-        with Image.open(source) as im:
+        with warnings.catch_warnings():
+            # Pillow warns above 89 Mpixel; the limit is checked here, with a message naming the file.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source)
+        with im:
             w, h = im.size
             if max_pixels and w * h > max_pixels:
                 raise ImageError(f"{path}: {w}x{h} is {w * h / 1e6:.0f} Mpixel, more than the limit of "
-                                 f"{max_pixels / 1e6:.0f} Mpixel (a decompression bomb?); "
-                                 "raise --max-pixels to allow it")
+                                 f"{max_pixels / 1e6:.0f} Mpixel (a decompression bomb?)")
             im.load()
             if exif:
                 im = ImageOps.exif_transpose(im)
