@@ -51,9 +51,15 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def _at_seconds(curve: list[dict], t: float) -> float | None:
-    """Val mean IU at training time ``t``, interpolated linearly between validations."""
-    pts = [(c["train_seconds"], c["mean_iu"]) for c in curve if c["train_seconds"] is not None]
+def batch_size(record: dict) -> int:
+    import yaml
+
+    return int(yaml.safe_load((REPO / record["config"]).read_text())["batch_size"])
+
+
+def _at(curve: list[dict], t: float, scale: float = 1.0) -> float | None:
+    """Val mean IU where ``step * scale`` reaches ``t``, interpolated linearly between validations."""
+    pts = [(c["step"] * scale, c["mean_iu"]) for c in curve if c["mean_iu"] is not None]
     if not pts or t < pts[0][0]:
         return None
     for (t0, v0), (t1, v1) in zip(pts, pts[1:]):
@@ -68,11 +74,13 @@ def table(name: str, res: dict[str, dict]) -> str:
         return "_No results yet: run `python experiments/run.py --exp " + name[1] + "`._"
     head = "| arm | pixel acc | mean acc | mean IU | f.w. IU | boundary IU | steps | train min |"
     rows = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    equal_t = None
+    equal = None
     if name == "e3":
-        # Equal wall-clock: every arm's val mean IU at the training time the quickest arm ended at.
-        equal_t = min(res[a]["train_seconds"] for a in arms)
-        rows[0] = head[:-1] + f" mean IU at {equal_t / 60:.1f} train min |"
+        # Equal compute: every arm's val mean IU after as many images as the cheapest arm saw in all. Every
+        # image costs the same forward and backward pass whatever share of its loss is kept, so images seen is
+        # wall-clock on one machine, without the noise of other work sharing the CPU.
+        equal = min(res[a]["steps"] * batch_size(res[a]) for a in arms)
+        rows[0] = head + f" mean IU after {equal} images |"
         rows[1] += "---:|"
     for a in arms:
         r = res[a]
@@ -81,8 +89,8 @@ def table(name: str, res: dict[str, dict]) -> str:
         row = (f"| {label} (`{a}`) | {_pct(s['pixel_acc'])} | {_pct(s['mean_acc'])} | **{_pct(s['mean_iu'])}** | "
                f"{_pct(s['fw_iu'])} | {_pct(r['boundary']['mean_iu'])} | {r['steps']} | "
                f"{r['train_seconds'] / 60:.1f} |")
-        if equal_t is not None:
-            row += f" {_pct(_at_seconds(r['curve'], equal_t))} |"
+        if equal is not None:
+            row += f" {_pct(_at(r['curve'], equal, batch_size(r)))} |"
         rows.append(row)
     return "\n".join(rows)
 
@@ -107,10 +115,11 @@ def plot_curves(res: dict[str, dict], path: Path) -> None:
             continue
         c = [p for p in res[a]["curve"] if p["mean_iu"] is not None]
         label = CONTEXT["e3"].get(a, LABELS[a])
+        b = batch_size(res[a])
         axes[0].plot([p["step"] for p in c], [100 * p["mean_iu"] for p in c], marker="o", label=label)
-        axes[1].plot([p["train_seconds"] / 60 for p in c], [100 * p["mean_iu"] for p in c], marker="o", label=label)
+        axes[1].plot([p["step"] * b for p in c], [100 * p["mean_iu"] for p in c], marker="o", label=label)
     axes[0].set_xlabel("iterations")
-    axes[1].set_xlabel("training time (min, validation excluded)")
+    axes[1].set_xlabel("images through the net (compute, i.e. wall-clock on one machine)")
     for ax in axes:
         ax.set_ylabel("val mean IU (%)")
         ax.grid(alpha=0.3)
