@@ -72,7 +72,7 @@ def table(name: str, res: dict[str, dict]) -> str:
     arms = [a for a in TABLES[name] if a in res]
     if not arms:
         return "_No results yet: run `python experiments/run.py --exp " + name[1] + "`._"
-    head = "| arm | pixel acc | mean acc | mean IU | f.w. IU | boundary IU | steps | train min |"
+    head = "| arm | pixel acc | mean acc | mean IU | f.w. IU | boundary IU | steps | train min (shared CPU) |"
     rows = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     equal = None
     if name == "e3":
