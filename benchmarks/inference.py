@@ -285,8 +285,10 @@ def main() -> int:
 
     import torch
 
+    from fcnseg.train import cpu_name
+
     device_name = (torch.cuda.get_device_name() if args.device == "cuda"
-                   else f"{platform.processor() or platform.machine()} ({_cpu_model()})")
+                   else f"{platform.processor() or platform.machine()} ({cpu_name()})")
     peak = _child(args, "--task", "gemm")
     print(f"fp32 GEMM peak: {peak:.0f} GFLOP/s ({device_name}, {args.threads} threads)", flush=True)
     names = args.rows or list(ROWS)
@@ -328,16 +330,6 @@ def main() -> int:
     print(markdown(result))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

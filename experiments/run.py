@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,16 +37,6 @@ def arms() -> list[str]:
 def arms_of(exp: int) -> list[str]:
     names = [a for a in arms() if a.startswith(f"e{exp}-")]
     return names if exp == 5 or BASE_ARM in names else [BASE_ARM, *names]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _read_curve(path: Path) -> list[dict]:
@@ -76,7 +65,7 @@ def run_arm(name: str, overrides: list[str], results: Path, force: bool = False,
     from fcnseg.checkpoint import load_model
     from fcnseg.data import build_dataset, eval_transforms
     from fcnseg.evaluate import evaluate
-    from fcnseg.train import load_config, train
+    from fcnseg.train import cpu_name, load_config, train
 
     done = set() if done is None else done
     cfg_path = CONFIGS / f"{name}.yaml"
@@ -124,7 +113,7 @@ def run_arm(name: str, overrides: list[str], results: Path, force: bool = False,
         "boundary": {k: r["boundary"][k] for k in ("width", "pixel_acc", "mean_iu")},
         "per_class_iu": dict(zip(r["class_names"], r["per_class_iu"])),
         "curve": curve,
-        "machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     results.mkdir(parents=True, exist_ok=True)

@@ -275,6 +275,19 @@ def finish_distributed() -> None:
         dist.destroy_process_group()
 
 
+def cpu_name() -> str:
+    """The CPU's model name (for benchmark and experiment records)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it autocast is far slower."""
     try:
