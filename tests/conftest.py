@@ -18,6 +18,18 @@ def cached_model(arch: str, backbone: str, num_classes: int = 5) -> fcnseg.FCN:
     return fcnseg.build_model(arch, backbone, num_classes)
 
 
+def save_shapes_model(path: Path, **info) -> Path:
+    """Saves a 3-class FCN-8s for the shapes datasets (``make_shapes``) with random score layers, so that its
+    predictions mix all classes across an image; ``info`` is stored with it."""
+    from fcnseg.checkpoint import save_model
+
+    torch.manual_seed(0)
+    model = fcnseg.build_model("fcn8s", "mobilenet_v3_large", 3, class_names=["background", "square", "disc"])
+    for conv in model.score_layers():
+        torch.nn.init.normal_(conv.weight, std=0.5)
+    return save_model(model, path, **info)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED.is_dir():

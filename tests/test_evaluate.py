@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_shapes_model
 from PIL import Image
 
 import fcnseg
@@ -25,13 +26,7 @@ def _cli(*args):
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     """A 3-class FCN-8s whose score layers are random, so its predictions mix all classes."""
-    torch.manual_seed(0)
-    model = fcnseg.build_model("fcn8s", "mobilenet_v3_large", 3, class_names=["background", "square", "disc"])
-    for conv in model.score_layers():
-        torch.nn.init.normal_(conv.weight, std=0.5)
-    path = tmp_path_factory.mktemp("model") / "m.safetensors"
-    save_model(model, path, note="test")
-    return path
+    return save_shapes_model(tmp_path_factory.mktemp("model") / "m.safetensors", note="test")
 
 
 def reference_scores(pairs, n):

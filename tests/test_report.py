@@ -12,12 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import make_shapes
+from conftest import make_shapes, save_shapes_model
 from PIL import Image
 
 import fcnseg
-from fcnseg.checkpoint import save_model
 from fcnseg.data.palettes import colorize
 from fcnseg.report import IGNORED
 
@@ -67,13 +65,7 @@ def _mean_iu(truth: np.ndarray, pred: np.ndarray, n: int) -> float:
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = fcnseg.build_model("fcn8s", "mobilenet_v3_large", 3, class_names=["background", "square", "disc"])
-    for conv in model.score_layers():
-        torch.nn.init.normal_(conv.weight, std=0.5)
-    path = tmp_path_factory.mktemp("model") / "m.safetensors"
-    save_model(model, path)
-    return path
+    return save_shapes_model(tmp_path_factory.mktemp("model") / "m.safetensors")
 
 
 def test_evaluate_report_is_one_page_with_metrics_bars_confusion_and_worst_images(tmp_path, model_file):

@@ -17,12 +17,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
-from conftest import make_shapes
+from conftest import make_shapes, save_shapes_model
 from PIL import Image
 
 import fcnseg
-from fcnseg.checkpoint import save_model
 from fcnseg.serve import Limits, _prefers_png, _safe_name, is_loopback
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,13 +38,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def tiny_file(tmp_path_factory) -> Path:
     """A 3-class FCN-8s with random score layers (its labels vary across an image), saved as a model file."""
-    torch.manual_seed(0)
-    model = fcnseg.build_model("fcn8s", "mobilenet_v3_large", 3, class_names=["background", "square", "disc"])
-    for conv in model.score_layers():
-        torch.nn.init.normal_(conv.weight, std=0.5)
-    path = tmp_path_factory.mktemp("serve-model") / "tiny.safetensors"
-    save_model(model, path)
-    return path
+    return save_shapes_model(tmp_path_factory.mktemp("serve-model") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
