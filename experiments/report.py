@@ -157,13 +157,12 @@ def plot_per_class(res: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_predictions(res: dict[str, dict], path: Path, runs: Path) -> bool:
+def plot_predictions(path: Path, runs: Path) -> None:
     """The demo photo through the 32s, 16s and 8s arms' models, side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     from fcnseg.checkpoint import load_model
     from fcnseg.data.images import decode_image
@@ -171,7 +170,7 @@ def plot_predictions(res: dict[str, dict], path: Path, runs: Path) -> bool:
 
     arms = [a for a in ("e1-fcn32s", "e1-fcn16s", "e1-fcn8s") if (runs / a / "model.safetensors").exists()]
     if not arms:
-        return False
+        return
     photo = REPO / "fcnseg" / "demo_images" / "leuvenA.jpg"
     image = decode_image(photo)
     fig, axes = plt.subplots(1, len(arms) + 1, figsize=(4 * (len(arms) + 1), 3.4))
@@ -188,7 +187,6 @@ def plot_predictions(res: dict[str, dict], path: Path, runs: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return np.ndim(image) == 3
 
 
 def write_doc(res: dict[str, dict], doc: Path) -> None:
@@ -217,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     PLOTS.mkdir(parents=True, exist_ok=True)
     plot_curves(res, PLOTS / "loss_sampling_curves.png")
     plot_per_class(res, PLOTS / "per_class_iu_e1.png")
-    plot_predictions(res, PLOTS / "predictions_e1.png", Path(args.runs))
+    plot_predictions(PLOTS / "predictions_e1.png", Path(args.runs))
     write_doc(res, Path(args.doc))
     print(f"wrote {args.doc} and plots in {PLOTS}")
     return 0
