@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from .data.palettes import colorize
+from .metrics import ConfusionMatrix, scores
 
 THUMB = 320  # longer side of gallery thumbnails, in pixels
 SHOWN = 200  # smaller thumbnails are shown enlarged to this longer side (pixelated), so tiny images stay visible
@@ -29,14 +30,10 @@ IGNORED = (255, 255, 255)  # ignored pixels (255) in the label thumbnails: white
 def per_image_scores(truth: torch.Tensor, pred: torch.Tensor, num_classes: int) -> dict:
     """Mean IU and pixel accuracy of one image (classes in neither the truth nor the prediction left out;
     pixels labelled 255 or outside the classes not counted). NaN when the image has no counted pixel."""
-    valid = (truth >= 0) & (truth < num_classes)
-    t, p = truth[valid].long(), pred[valid].long()
-    if t.numel() == 0:
-        return {"mean_iu": float("nan"), "pixel_acc": float("nan")}
-    mat = torch.bincount(t * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes).double()
-    tp, union = mat.diag(), mat.sum(0) + mat.sum(1) - mat.diag()
-    present = union > 0
-    return {"mean_iu": float((tp[present] / union[present]).mean()), "pixel_acc": float(tp.sum() / mat.sum())}
+    cm = ConfusionMatrix(num_classes, device=truth.device)
+    cm.update(truth, pred)
+    s = scores(cm.mat)
+    return {"mean_iu": s["mean_iu"], "pixel_acc": s["pixel_acc"]}
 
 
 def _data_url(im: Image.Image, fmt: str) -> str:
