@@ -155,8 +155,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
 
     meta = read_model_metadata(path)
     cfg = meta["model"]
+    # Files without an alignment entry were written by fcnseg 0.1, whose head was built for nominal geometry.
     model = build_model(cfg["arch"], cfg["backbone"], int(cfg["num_classes"]), padding=cfg.get("padding"),
-                        upsampling=cfg.get("upsampling", "paper"), class_names=cfg.get("class_names"))
+                        upsampling=cfg.get("upsampling", "paper"), class_names=cfg.get("class_names"),
+                        alignment=cfg.get("alignment", "legacy"))
     model.normalize.set(Preprocessing.from_dict(cfg["preprocessing"]))
     if cfg.get("palette"):
         model.palette = [tuple(c) for c in cfg["palette"]]
