@@ -108,7 +108,7 @@ def _linearised(trunk: nn.Module) -> nn.Module:
     for parent in list(t.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.MaxPool2d):
-                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode))
+                setattr(parent, name, _average_pool(child))
             elif isinstance(child, _POINTWISE):
                 setattr(parent, name, nn.Identity())
             elif isinstance(child, nn.AdaptiveAvgPool2d):
@@ -122,6 +122,13 @@ def _linearised(trunk: nn.Module) -> nn.Module:
                 if m.bias is not None:
                     m.bias.zero_()
     return t
+
+
+def _average_pool(pool: nn.MaxPool2d) -> nn.AvgPool2d:
+    """An average pool of the same geometry that sums every window over the full kernel, so that windows cut
+    by the border or by ceil mode are cut like a zero-padded convolution's, not re-weighted."""
+    k = _pair_first(pool.kernel_size)
+    return nn.AvgPool2d(k, pool.stride, pool.padding, pool.ceil_mode, divisor_override=k * k)
 
 
 def _offsets(net: nn.Module, size: int, cells: tuple[int, ...], strides: tuple[int, ...]) -> list[float]:
@@ -146,6 +153,9 @@ def probe(trunk: nn.Module, strides: tuple[int, ...], tolerance: float = 0.01) -
     so within a quarter pixel): a trunk whose maps move with the size (TF-style "same" padding pads more at
     the bottom of even sizes) is refused.
 
+    It expects cell y of a stride-s output near pixel s*y (within a stride), as "same"-padded trunks have it;
+    the paper's conv1 padding of 100 moves cells far from there: such chains are followed (``Affine.through``).
+
     Args:
         trunk: returns one ``(N, C, H, W)`` map per entry of ``strides`` for an ``(N, 3, H, W)`` input.
         strides: the total stride of each output, in pixels.
@@ -159,9 +169,17 @@ def probe(trunk: nn.Module, strides: tuple[int, ...], tolerance: float = 0.01) -
     """
     net = _linearised(trunk)
     span = 5 * max(strides)
-    rough = _offsets(net, 2 * span + 1, tuple(span // s for s in strides), strides)
-    offsets = [Fraction(round(2 * r), 2) for r in rough]
-    measured_at = {2 * span + 1: rough}
+    cells = tuple(span // s for s in strides)
+    measured_at = {2 * span + 1: _offsets(net, 2 * span + 1, cells, strides)}
+    offsets = [Fraction(round(2 * r), 2) for r in measured_at[2 * span + 1]]
+    for _ in range(3):  # a rough first guess (borders cut unevenly) is refined where the cell is centred
+        sizes = [int(2 * (span + o)) + 1 for o in offsets]
+        for size in set(sizes) - set(measured_at):
+            measured_at[size] = _offsets(net, size, cells, strides)
+        refined = [Fraction(round(2 * measured_at[size][i]), 2) for i, size in enumerate(sizes)]
+        if refined == offsets:
+            break
+        offsets = refined
     for pixel, extra, tol in ((span, 0, tolerance), (span + 2 * max(strides), 0, tolerance), (span, 1, 0.25)):
         # Centre pixel ``pixel + offset`` of each output's cell ``pixel / stride`` in the middle of the input.
         for size in {int(2 * (pixel + o)) + 1 + extra for o in offsets}:
