@@ -73,6 +73,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             ``None`` gives the image as a float ``(3, H, W)`` tensor in [0, 1] and the labels as int64.
         exif: turn images upright per their EXIF orientation, as ``predict`` does (annotation tools show and
             label the upright view); masks carry no orientation and must match the upright image.
+        mapping_kind: how the mapping was decided: "described", "binary", "levels", "labels", "snapped",
+            "threshold" (folder datasets, see ``fcnseg.data.masks``) or "" (the dataset's own definition).
         mapping_note: one line on how mask values became labels (inferred or described), for the summary.
         options: the builder options that give the same classes and mapping without inferring them again
             (folder datasets; written into a run's ``config.yaml``).
@@ -88,6 +90,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     name: str = "dataset"
     transforms: Callable | None = None
     exif: bool = True
+    mapping_kind: str = ""
     mapping_note: str = ""
     options: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -363,7 +366,8 @@ def voc(root, split: str = "train", *, year: str | None = None, sbd_root=None, t
         names = _read_list(vdir / "ImageSets" / "Segmentation" / f"{split}.txt")
     samples = [Sample(vdir / "JPEGImages" / f"{n}.jpg", vdir / "SegmentationClass" / f"{n}.png", n) for n in names]
     return SegmentationDataset(samples, list(VOC_CLASSES), voc_palette(21), "index", name=f"voc:{split}",
-                               transforms=transforms)
+                               transforms=transforms, mapping_note="palette indices 0..20 are the classes, 255 "
+                               "(object outlines) ignored")
 
 
 def sbd(root, split: str = "train", *, transforms=None) -> SegmentationDataset:
@@ -372,7 +376,7 @@ def sbd(root, split: str = "train", *, transforms=None) -> SegmentationDataset:
     names = _read_list(d / f"{split}.txt")
     samples = [Sample(d / "img" / f"{n}.jpg", d / "cls" / f"{n}.mat", n) for n in names]
     return SegmentationDataset(samples, list(VOC_CLASSES), voc_palette(21), "mat", name=f"sbd:{split}",
-                               transforms=transforms)
+                               transforms=transforms, mapping_note="GTcls.Segmentation 0..20 are the classes")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -403,7 +407,8 @@ def camvid(root, split: str = "train", *, transforms=None) -> SegmentationDatase
     else:
         raise DatasetError(f"{root}: no {split}.txt and no {split}/ folder (CamVid in SegNet's layout expected)")
     return SegmentationDataset(samples, list(CAMVID_CLASSES), list(CAMVID_PALETTE), "index", remap={11: IGNORE},
-                               name=f"camvid:{split}", transforms=transforms)
+                               name=f"camvid:{split}", transforms=transforms,
+                               mapping_note="values 0..10 are the classes, 11 (void) ignored")
 
 
 def _under(root: Path, p: str) -> Path:
@@ -475,7 +480,7 @@ def folder(root, split: str | None = None, *, transforms=None, config: str | Pat
         remap = {int(v): int(mapping.lut[v]) for v in range(256) if mapping.lut[v] != v}
     return SegmentationDataset(samples, classes, palette, fmt, remap, void, name=f"folder:{root.name}" + (
         f":{split}" if split else ""), transforms=transforms, exif=bool(desc.get("exif", True)),
-        mapping_note=mapping.note, options=dict(mapping.options), notes=notes)
+        mapping_kind=mapping.kind, mapping_note=mapping.note, options=dict(mapping.options), notes=notes)
 
 
 def _read_description(root: Path, config) -> dict:
