@@ -128,8 +128,8 @@ class TrainConfig:
     freeze_bn: bool = False
 
 
-HEAVY = dict(freeze_bn=True, batch_size=1, crop=None, scale=None, flip=False, color_jitter=0.0, optimizer="sgd", lr=None,
-             momentum=0.99, weight_decay=5e-4, head_lr_mult=1.0, bias_lr_mult=2.0, bias_decay=False,
+HEAVY = dict(batch_size=1, crop=None, scale=None, flip=False, color_jitter=0.0, optimizer="sgd", lr=None,
+             freeze_bn=True, momentum=0.99, weight_decay=5e-4, head_lr_mult=1.0, bias_lr_mult=2.0, bias_decay=False,
              schedule="constant", warmup_steps=0, loss_reduction="sum", amp="off", upsampling="paper")
 MODES = ("modern", "heavy")
 
