@@ -312,8 +312,18 @@ def _read_raw_mask(path: Path, fmt: str) -> np.ndarray:
         if im.mode in ("RGB", "RGBA"):
             raise ValueError("colour mask given where label values (palette or grey PNG) were expected; "
                              "use mask_format: rgb")
-        # Palette PNGs keep their indices (mode P); grey PNGs their values.
+        # Palette PNGs keep their indices (mode P), unless every colour they use is grey: then the greys are the
+        # values (GIF masks, and grey masks saved through a palette); grey PNGs keep their values.
+        if im.mode == "P" and _grey_palette(im):
+            im = im.convert("L")
         return np.asarray(im if im.mode in ("P", "L", "I", "I;16") else im.convert("L")).astype(np.int64)
+
+
+def _grey_palette(im: Image.Image) -> bool:
+    """Whether every palette entry a mode-P image uses is a grey (r = g = b)."""
+    pal = np.asarray(im.getpalette() or [], np.int64).reshape(-1, 3)
+    used = np.unique(np.asarray(im))
+    return bool(used.size and used.max() < len(pal) and (pal[used] == pal[used][:, :1]).all())
 
 
 def _read_list(path: Path) -> list[str]:

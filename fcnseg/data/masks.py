@@ -22,7 +22,7 @@ import numpy as np
 IGNORE = 255
 # A value holding at least this share of the pixels is a level; rarer values near levels are noise.
 LEVEL_SHARE = 0.01
-NOISE_RADIUS = 40
+PEAK_RADIUS = 8
 
 
 class MaskValueError(ValueError):
@@ -50,23 +50,27 @@ class Mapping:
 
 
 def levels_of(hist: np.ndarray) -> list[int]:
-    """The values holding at least ``LEVEL_SHARE`` of the pixels (the intended levels of a lossy mask)."""
+    """The peaks of the histogram: values holding at least ``LEVEL_SHARE`` of the pixels and more than any
+    value within ``PEAK_RADIUS`` (the intended levels of a lossy mask, each with its noise around it)."""
+    hist = np.asarray(hist, np.int64)
     total = max(int(hist.sum()), 1)
-    return [int(v) for v in np.flatnonzero(hist >= LEVEL_SHARE * total)]
+    local_max = np.lib.stride_tricks.sliding_window_view(np.pad(hist, PEAK_RADIUS), 2 * PEAK_RADIUS + 1).max(1)
+    return [int(v) for v in np.flatnonzero((hist >= LEVEL_SHARE * total) & (hist == local_max))]
 
 
 def looks_lossy(hist: np.ndarray) -> bool:
-    """Whether the values look like a few levels blurred by lossy compression: levels at least 8 apart, and
-    at least 4 rarer values (and at least one per level), nearly all within ``NOISE_RADIUS`` of a level."""
-    values = np.flatnonzero(hist)
-    levels = levels_of(hist)
-    rare = np.array([v for v in values if v not in levels])
-    if not levels or len(rare) < max(4, len(levels)):
+    """Whether the values look like a few levels blurred by lossy compression: peaks (``levels_of``) at least
+    16 apart, at least twice as many values as peaks (and 4 more), the peak values holding half the pixels and
+    the values within 2 of them 70%. Label masks with many classes fail at least one of these."""
+    hist = np.asarray(hist, np.int64)
+    values, levels = np.flatnonzero(hist), levels_of(hist)
+    if not levels or len(values) < max(2 * len(levels), len(levels) + 4):
         return False
-    if len(levels) > 1 and np.diff(levels).min() < 8:
+    if len(levels) > 1 and np.diff(levels).min() < 16:
         return False
-    near = np.abs(rare[:, None] - np.array(levels)[None, :]).min(1) <= NOISE_RADIUS
-    return bool(near.mean() >= 0.9)
+    total = hist.sum()
+    near = sum(int(hist[max(0, v - 2):v + 3].sum()) for v in levels)
+    return bool(hist[levels].sum() >= 0.5 * total and near >= 0.7 * total)
 
 
 def evenly_spaced(values: list[int]) -> bool:
@@ -142,7 +146,8 @@ def infer_mapping(hist: np.ndarray, snap: bool = False) -> Mapping:
         raise MaskValueError(
             f"the masks hold {len(values)} values: levels {_levels_text(levels)} and {rare} rarer values around "
             f"them, which look like lossy-compression noise (JPEG masks?); save the masks as PNG, or add "
-            f"'snap: true' (each value to the nearest level) or 'mask_threshold: {mid}' (binary) to dataset.yaml")
+            f"'snap: true' (each value to the nearest level) or 'mask_threshold: {mid}' (binary) to dataset.yaml "
+            f"(if the values are labels, give 'classes' there)")
     if evenly_spaced(values):
         return from_levels(values)
     labels = [v for v in values if v != IGNORE]
