@@ -213,3 +213,124 @@ def test_isbi_like_binary_run_counts_object_pixels_and_repeats_from_config(tmp_p
     assert (out / "best.safetensors").is_file() and (out / "model.safetensors").is_file()
     metrics = json.loads((out / "val" / "metrics.json").read_text())
     assert metrics["class_names"] == ["background", "object"]
+
+
+def test_batchnorm_with_batch_1_is_refused_before_step_1_and_freeze_bn_makes_it_legal(tmp_path):
+    import torch
+
+    from fcnseg.checkpoint import load_model
+    from fcnseg.train import load_config, train
+
+    root = make_shapes(tmp_path / "s", n=4, splits=False)
+    base = dict(dataset="folder", root=str(root), train_split="all", val_split=None, arch="fcn32s",
+                backbone="efficientnet_lite0", pretrained_backbone=None, crop=[48, 64], scale=None, batch_size=1,
+                epochs=1, max_steps=2, workers=0, threads=1, tensorboard=False, lr=0.1, optimizer="sgd")
+    with pytest.raises(ValueError, match="batch_size 1 with the BatchNorm layers of efficientnet_lite0.*"
+                                         "batch_size: 2 or more, or freeze_bn: true"):
+        train(load_config(None, {**base, "out": str(tmp_path / "refused")}))
+    assert not (tmp_path / "refused" / "last.pt").exists()
+    torch.manual_seed(0)
+    train(load_config(None, {**base, "out": str(tmp_path / "frozen"), "freeze_bn": True}))
+    torch.manual_seed(0)
+    from fcnseg.models import build_model
+
+    fresh = build_model("fcn32s", "efficientnet_lite0", 3)
+    trained = load_model(tmp_path / "frozen" / "model.safetensors")
+    bn = [n for n, m in fresh.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    fresh_sd, trained_sd = fresh.state_dict(), trained.state_dict()
+    for name in bn:  # frozen: weights, biases and running statistics as initialised
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            assert torch.equal(fresh_sd[f"{name}.{k}"], trained_sd[f"{name}.{k}"]), f"{name}.{k}"
+    conv = next(n for n, m in fresh.named_modules() if isinstance(m, torch.nn.Conv2d))
+    assert not torch.equal(fresh_sd[f"{conv}.weight"], trained_sd[f"{conv}.weight"])  # the rest learned
+    # No validation: the best model the docs list is still written (the last one).
+    assert load_model(tmp_path / "frozen" / "best.safetensors").info["best"] == "last (no validation)"
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_wrapper_key_prefixes_are_stripped_with_a_notice(tmp_path, capsys, prefix):
+    import torch
+    from safetensors.torch import save_file
+
+    from fcnseg.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+    from fcnseg.models import build_model
+    from fcnseg.models.weights import read_state_dict
+
+    torch.manual_seed(0)
+    model = build_model("fcn32s", "efficientnet_lite0", 2)
+    plain = save_model(model, tmp_path / "plain.safetensors")
+    # A model file whose keys carry the wrapper's prefix, with fcnseg's metadata.
+    from safetensors import safe_open
+
+    with safe_open(str(plain), "pt") as f:
+        meta = f.metadata()
+    wrapped = {prefix + k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(wrapped, tmp_path / "wrapped.safetensors", metadata=meta)
+    loaded = load_model(tmp_path / "wrapped.safetensors")
+    assert "wrapped.safetensors: stripped the key prefix" in capsys.readouterr().err
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    torch.save({"state_dict": wrapped}, tmp_path / "trunk.pth")
+    assert set(read_state_dict(tmp_path / "trunk.pth")) == set(model.state_dict())
+    save_checkpoint({"model": wrapped, "config": {}}, tmp_path / "c.pt")
+    assert set(load_checkpoint(tmp_path / "c.pt")["model"]) == set(model.state_dict())
+    err = capsys.readouterr().err
+    assert err.count("stripped the key prefix") == 2 and f"{prefix!r}" in err
+    # A dict whose keys do not all share the prefix is left alone.
+    save_checkpoint({"model": {**wrapped, "other": torch.zeros(1)}, "config": {}}, tmp_path / "m.pt")
+    assert "other" in load_checkpoint(tmp_path / "m.pt")["model"] and not capsys.readouterr().err
+
+
+def test_16_bit_pil_image_is_scaled_like_the_file(tmp_path):
+    import torch
+
+    from fcnseg.models.fcn import to_tensor
+    from fcnseg.predict import _as_chw
+
+    ramp = (np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)  # 0..64491
+    Image.fromarray(ramp).save(tmp_path / "x16.png")
+    with Image.open(tmp_path / "x16.png") as im:
+        assert im.mode.startswith("I")
+        from_pil = _as_chw(im)
+        tensor_pil = to_tensor(im)
+    from_path = _as_chw(tmp_path / "x16.png")
+    assert torch.equal(from_pil, from_path) and from_pil.max() > 240  # not clipped at 255 (which is all 255)
+    assert len(torch.unique(from_pil)) > 200
+    assert torch.allclose(tensor_pil, to_tensor(tmp_path / "x16.png"))
+    model = __import__("conftest").cached_model("fcn32s", "efficientnet_lite0", 3)
+    with Image.open(tmp_path / "x16.png") as im:
+        assert torch.equal(model.predict(im), model.predict(tmp_path / "x16.png"))
+
+
+def test_every_pixel_ignored_gives_no_nan(tmp_path):
+    import torch
+
+    from fcnseg.evaluate import format_table, write_report
+    from fcnseg.metrics import ConfusionMatrix
+
+    cm = ConfusionMatrix(3)
+    cm.update(torch.full((4, 5), 255), torch.zeros(4, 5, dtype=torch.int64))
+    r = cm.compute()
+    assert [r[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")] == [None] * 4
+    r.update(class_names=["a", "b", "c"], num_images=1, images_per_s=1.0, confusion=cm.mat.tolist())
+    write_report(r, tmp_path / "rep")
+    text = (tmp_path / "rep" / "metrics.json").read_text()
+    assert "NaN" not in text and json.loads(text)["mean_iu"] is None
+    table = format_table(r)
+    assert "mean IU" in table and "nan" not in table.lower()
+    assert [line.split()[-1] for line in table.splitlines() if line.startswith("mean IU")] == ["-"]
+
+
+def test_serve_names_generic_run_files_after_their_folder(tmp_path):
+    from fcnseg.serve import model_name
+
+    assert model_name(str(tmp_path / "cells" / "best.safetensors")) == "cells-best"
+    assert model_name(str(tmp_path / "roads" / "best.safetensors")) == "roads-best"
+    assert model_name(str(tmp_path / "runs" / "street-fcn8s.onnx")) == "street-fcn8s"
+    assert model_name("camvid-fcn8s-lite0") == "camvid-fcn8s-lite0"
+
+
+def test_eta_text():
+    from fcnseg.train import eta
+
+    assert eta(0.0, 0, 10) == "?"
+    assert eta(10.0, 10, 5) == "5s" and eta(10.0, 1, 20) == "3m20s" and eta(3600.0, 1, 2) == "2h00m"

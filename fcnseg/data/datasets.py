@@ -598,8 +598,8 @@ def _folder_mapping(root: Path, samples: list[Sample], desc: dict, fmt: str) -> 
             if 0 <= k <= 255:  # SegmentationDataset refuses the others, naming them
                 lut[k] = v
         return Mapping("described", [str(c) for c in classes], lut, {},
-                       "described in dataset.yaml: classes " + ", ".join(map(str, classes))
-                       + (f", remap {remap}" if remap else "") + " (255 ignored)")
+                       "as described (dataset.yaml or dataset_options): classes " + ", ".join(map(str, classes))
+                       + (f", remap {remap}" if remap else "") + (" (255 ignored)" if lut[IGNORE] == IGNORE else ""))
     if fmt != "index":
         raise DatasetError(f"{root}: rgb masks need 'classes' and 'palette' in dataset.yaml")
     hist = _raw_histogram(samples)
