@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as e:
         if args.debug:
             traceback.print_exc()
+        for problem in getattr(e, "problems", []):  # every bad pair, when none was usable (--skip-bad)
+            print(f"skipped: {problem}", file=sys.stderr)
         print(f"fcnseg: error: {one_line(e)}", file=sys.stderr)
         _leave_process_group()
         return 2

@@ -213,6 +213,13 @@ def test_isbi_like_binary_run_counts_object_pixels_and_repeats_from_config(tmp_p
     assert (out / "best.safetensors").is_file() and (out / "model.safetensors").is_file()
     metrics = json.loads((out / "val" / "metrics.json").read_text())
     assert metrics["class_names"] == ["background", "object"]
+    # evaluate reads the masks the way the model was trained: the mapping is stored in the model file.
+    r = subprocess.run([sys.executable, "-m", "fcnseg.cli", "evaluate", "--model", str(out / "best.safetensors"),
+                        "--dataset", "folder", "--root", str(root), "--split", "val", "--out", str(tmp_path / "ev"),
+                        "--threads", "1"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "dataset options from the model" in r.stdout and "2 classes: background" in r.stdout
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["confusion"] == metrics["confusion"]
 
 
 def test_batchnorm_with_batch_1_is_refused_before_step_1_and_freeze_bn_makes_it_legal(tmp_path):
@@ -334,3 +341,28 @@ def test_eta_text():
 
     assert eta(0.0, 0, 10) == "?"
     assert eta(10.0, 10, 5) == "5s" and eta(10.0, 1, 20) == "3m20s" and eta(3600.0, 1, 2) == "2h00m"
+
+
+def test_skip_bad_names_every_skipped_file_even_when_none_is_left(tmp_path):
+    root = make_shapes(tmp_path / "s", n=4, splits=True)
+    for p in (root / "masks" / "train").iterdir():
+        p.unlink()
+    r = subprocess.run([sys.executable, "-m", "fcnseg.cli", "train", "--skip-bad", "dataset=folder", f"root={root}",
+                        f"out={tmp_path / 'run'}", "workers=0", "tensorboard=false", "pretrained_backbone=null"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2
+    for i in range(3):
+        assert f"skipped: {root / 'masks' / 'train' / f'img00{i}.png'}: mask file is missing" in r.stderr
+    assert "no usable image/mask pairs; all 3 bad" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_many_inferred_classes_of_which_few_occur_are_warned_about(tmp_path):
+    root = make_shapes(tmp_path / "s", n=2)
+    (root / "dataset.yaml").unlink()
+    for p in (root / "masks").iterdir():
+        lab = np.asarray(Image.open(p))
+        Image.fromarray(np.asarray([0, 3, 20], np.uint8)[lab]).save(p)
+    ds = folder(root)
+    assert ds.num_classes == 21 and ds.mapping_kind == "labels"
+    ds.check()
+    assert any("21 classes inferred from the mask values but only 3 occur" in w for w in problems(ds))

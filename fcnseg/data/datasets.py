@@ -27,7 +27,10 @@ IGNORE = 255
 
 
 class DatasetError(ValueError):
-    """A problem with a dataset file; the message starts with the file's path."""
+    """A problem with a dataset file; the message starts with the file's path. ``problems``: when ``check``
+    found no usable pair, the message of every bad one."""
+
+    problems: list[str] = []
 
 
 @dataclass
@@ -232,8 +235,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if not self.samples:
             detail = ""
             if problems:
-                detail = f"; all {len(problems)} bad, e.g. " + " | ".join(problems[:3])
-            raise DatasetError(f"{self.name}: no usable image/mask pairs{detail}")
+                more = f" ({len(problems) - 3} more)" if len(problems) > 3 else ""
+                detail = f"; all {len(problems)} bad, e.g. " + " | ".join(problems[:3]) + more
+            err = DatasetError(f"{self.name}: no usable image/mask pairs{detail}")
+            err.problems = problems  # every bad pair, for the command line to list
+            raise err
         self.stats = self._gather(records)
         return problems
 
