@@ -63,7 +63,9 @@ class TrainConfig:
     Augmentation: ``resize`` ([H, W]: train and validate on copies of the images resized to this, e.g. to fit
     a CPU budget; None keeps the files' size), ``crop`` ([H, W] or None for whole images), ``scale`` ([lo, hi]
     or None), ``flip``, ``color_jitter``.
-    Optimisation: ``epochs``, ``max_steps`` (stop early), ``batch_size``, ``optimizer`` ("sgd", "adamw"),
+    Optimisation: ``epochs``, ``max_steps`` (the run takes ``min(epochs x steps per epoch, max_steps)`` steps and
+    the poly schedule decays over exactly those: an iteration schedule is a large ``epochs`` and ``max_steps``),
+    ``batch_size``, ``optimizer`` ("sgd", "adamw"),
     ``lr`` (None: the heavy mode's per-architecture value), ``momentum``, ``weight_decay``, ``head_lr_mult``
     (score and upsampling layers), ``bias_lr_mult``, ``bias_decay``, ``schedule`` ("poly", "constant"),
     ``poly_power``, ``warmup_steps``, ``loss_reduction`` ("mean", "sum"), ``loss_sample`` (fraction of loss

@@ -75,7 +75,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         transforms: called as ``transforms(image, mask)`` on tensors (see ``fcnseg.data.transforms``);
             ``None`` gives the image as a float ``(3, H, W)`` tensor in [0, 1] and the labels as int64.
         exif: turn images upright per their EXIF orientation, as ``predict`` does (annotation tools show and
-            label the upright view); masks carry no orientation and must match the upright image.
+            label the upright view); masks carry no orientation and must match the upright image. Off for VOC,
+            SBD and CamVid, whose masks were drawn on the stored pixels.
         mapping_kind: how the mapping was decided: "described", "binary", "levels", "labels", "snapped",
             "threshold" (folder datasets, see ``fcnseg.data.masks``) or "" (the dataset's own definition).
         mapping_note: one line on how mask values became labels (inferred or described), for the summary.
@@ -382,8 +383,8 @@ def voc(root, split: str = "train", *, year: str | None = None, sbd_root=None, t
         names = _read_list(vdir / "ImageSets" / "Segmentation" / f"{split}.txt")
     samples = [Sample(vdir / "JPEGImages" / f"{n}.jpg", vdir / "SegmentationClass" / f"{n}.png", n) for n in names]
     return SegmentationDataset(samples, list(VOC_CLASSES), voc_palette(21), "index", name=f"voc:{split}",
-                               transforms=transforms, mapping_note="palette indices 0..20 are the classes, 255 "
-                               "(object outlines) ignored")
+                               transforms=transforms, exif=False,
+                               mapping_note="palette indices 0..20 are the classes, 255 (object outlines) ignored")
 
 
 def sbd(root, split: str = "train", *, transforms=None) -> SegmentationDataset:
@@ -392,7 +393,8 @@ def sbd(root, split: str = "train", *, transforms=None) -> SegmentationDataset:
     names = _read_list(d / f"{split}.txt")
     samples = [Sample(d / "img" / f"{n}.jpg", d / "cls" / f"{n}.mat", n) for n in names]
     return SegmentationDataset(samples, list(VOC_CLASSES), voc_palette(21), "mat", name=f"sbd:{split}",
-                               transforms=transforms, mapping_note="GTcls.Segmentation 0..20 are the classes")
+                               transforms=transforms, exif=False,
+                               mapping_note="GTcls.Segmentation 0..20 are the classes")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -423,7 +425,7 @@ def camvid(root, split: str = "train", *, transforms=None) -> SegmentationDatase
     else:
         raise DatasetError(f"{root}: no {split}.txt and no {split}/ folder (CamVid in SegNet's layout expected)")
     return SegmentationDataset(samples, list(CAMVID_CLASSES), list(CAMVID_PALETTE), "index", remap={11: IGNORE},
-                               name=f"camvid:{split}", transforms=transforms,
+                               name=f"camvid:{split}", transforms=transforms, exif=False,
                                mapping_note="values 0..10 are the classes, 11 (void) ignored")
 
 
