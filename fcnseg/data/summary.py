@@ -88,7 +88,8 @@ def problems(ds: SegmentationDataset) -> list[str]:
         out.append(f"the mask values look like lossy-compression noise around {levels}: add 'snap: true' or "
                    "'mask_threshold: ...' to dataset.yaml, or save the masks as PNG")
     if ds.mapping_kind == "snapped":
-        out.append(f"lossy mask values snapped to the nearest level ({ds.mapping_note})")
+        levels = "/".join(map(str, ds.options.get("levels", [])))
+        out.append(f"mask values snapped to the nearest of the levels {levels} (lossy masks)")
     if ds.mapping_kind == "levels":
         out.append(f"evenly spaced grey levels read as classes in order ({ds.mapping_note}); if they mean "
                    "other classes, give 'classes' and 'remap' in dataset.yaml")
