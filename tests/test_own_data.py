@@ -366,3 +366,14 @@ def test_many_inferred_classes_of_which_few_occur_are_warned_about(tmp_path):
     assert ds.num_classes == 21 and ds.mapping_kind == "labels"
     ds.check()
     assert any("21 classes inferred from the mask values but only 3 occur" in w for w in problems(ds))
+
+
+def test_isbi_real_files_are_binary(shared_data):
+    ds = folder(shared_data / "isbi_membrane")
+    assert len(ds) == 30 and ds.class_names == ["background", "object"] and ds.remap == {255: 1}
+    assert ds.check() == [] and set(ds.stats.sizes) == {(512, 512)}
+    counts = ds.stats.label_pixels
+    assert counts[-1] == 0 and counts[0] > 0 and counts[1] > counts[0]  # white cell interiors outnumber membranes
+    raw = np.asarray(Image.open(ds.samples[0].mask))
+    np.testing.assert_array_equal(ds.read_mask(0), (raw == 255).astype(np.int64))
+    assert training_errors(ds) == []
