@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .models.fcn import FCN, build_model
+from .models.weights import strip_wrapper_prefix
 from .preprocessing import Preprocessing
 
 FORMAT = "fcnseg-model-1"
@@ -163,7 +164,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
     if cfg.get("palette"):
         model.palette = [tuple(c) for c in cfg["palette"]]
     try:
-        model.load_state_dict(load_file(str(path)), strict=True)
+        model.load_state_dict(strip_wrapper_prefix(load_file(str(path)), path), strict=True)
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not match a {cfg['arch']} {cfg['backbone']} ({e})") from None
     model.info = meta.get("info", {})
@@ -194,4 +195,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: not a readable fcnseg checkpoint ({str(e).splitlines()[0]})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path}: not an fcnseg training checkpoint (no model/config entries)")
+    if isinstance(state["model"], dict):
+        state["model"] = strip_wrapper_prefix(state["model"], path)
     return state

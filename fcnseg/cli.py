@@ -71,10 +71,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads) if args.threads else None
     model = load(args.model, device=device)
     options = json.loads(args.dataset_options) if args.dataset_options else {}
+    saved = getattr(model, "info", {}).get("dataset_options") or {}
+    if not options and saved and args.dataset == "folder":
+        options = saved  # the classes and label mapping the model was trained with (inferred or described)
+        if rank == 0:
+            print(f"dataset options from the model: {saved}")
     ds = build_dataset(args.dataset, args.root, args.split, transforms=eval_transforms(), **options)
     for problem in ds.check(skip_bad=args.skip_bad):
         if rank == 0:
             print(f"skipped: {problem}", file=sys.stderr)
+    if rank == 0:
+        from .data.summary import summary
+
+        print(summary(ds, brief=True))
     out = Path(args.out)
     if not args.no_channels_last:  # about 2x faster for the Lite trunks on CPU (benchmarks/train_throughput.py)
         model = model.to(memory_format=torch.channels_last)
@@ -95,6 +104,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{result['images_per_s']:.2f} images/s; wrote {wrote}")
     finish_distributed()
     return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    """Reads every image and mask of a split and prints what it holds; 1 if training on it would fail."""
+    import json
+
+    from .data import build_dataset
+    from .data.summary import summary, training_errors
+
+    options = json.loads(args.dataset_options) if args.dataset_options else {}
+    ds = build_dataset(args.dataset, args.root, args.split, **options)
+    bad = ds.check(skip_bad=True, progress=True)
+    for problem in bad:
+        print(f"bad pair: {problem}")
+    print(summary(ds))
+    errors = training_errors(ds)
+    for error in errors:
+        print(f"error: {error}")
+    if ds.options:
+        print(f"inferred; to state it in dataset.yaml instead: {json.dumps(ds.options)}")
+    return 1 if errors or bad else 0
 
 
 def _load_for_inference(name: str, backend: str, device: str):
@@ -223,6 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report-worst", type=int, default=8, metavar="N", help="images in the report's gallery")
     e.set_defaults(func=_cmd_evaluate)
 
+    dt = sub.add_parser("data", help="inspect a dataset: fcnseg data check --dataset D --root R [--split S]")
+    dsub = dt.add_subparsers(dest="data_command", required=True)
+    c = dsub.add_parser("check", help="read every image and mask; print sizes, mask values, the label mapping, "
+                        "class shares, EXIF rotations and warnings (exit 1 on bad files or untrainable data)")
+    c.add_argument("--dataset", required=True, help="camvid, voc, sbd or folder")
+    c.add_argument("--root", required=True, help="the dataset folder")
+    c.add_argument("--split", help="a split (default: the whole folder; train for the others)")
+    c.add_argument("--dataset-options", help='extra dataset arguments as JSON, e.g. \'{"snap": true}\'')
+    c.set_defaults(func=_cmd_data_check)
+
     r = sub.add_parser("predict", help="segment images: label PNGs, overlays, probabilities, class shares")
     r.add_argument("inputs", nargs="+", help="image files, folders of images, or glob patterns")
     r.add_argument("--model", default="camvid-fcn8s-lite0",
@@ -278,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as e:
         if args.debug:
             traceback.print_exc()
+        for problem in getattr(e, "problems", []):  # every bad pair, when none was usable (--skip-bad)
+            print(f"skipped: {problem}", file=sys.stderr)
         print(f"fcnseg: error: {one_line(e)}", file=sys.stderr)
         _leave_process_group()
         return 2

@@ -209,7 +209,8 @@ def plot_confusion(result: dict, path: Path) -> None:
                 if rows[i, j] >= 0.005:
                     ax.text(j, i, f"{100 * rows[i, j]:.0f}", ha="center", va="center", fontsize=7,
                             color="white" if rows[i, j] > 0.5 else "black")
-    ax.set_title(f"confusion (row-normalised), mean IU {100 * result['mean_iu']:.1f}")
+    miu = "-" if result["mean_iu"] is None else f"{100 * result['mean_iu']:.1f}"
+    ax.set_title(f"confusion (row-normalised), mean IU {miu}")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     _save_figure(fig, path)
@@ -225,10 +226,11 @@ def plot_per_class_iu(result: dict, path: Path) -> None:
     iu = [0.0 if v is None or math.isnan(v) else 100 * v for v in result["per_class_iu"]]
     fig, ax = plt.subplots(figsize=(2 + 0.45 * len(names), 4))
     ax.bar(range(len(names)), iu, color="tab:blue")
-    ax.axhline(100 * result["mean_iu"], color="tab:red", lw=1, label=f"mean IU {100 * result['mean_iu']:.1f}")
+    if result["mean_iu"] is not None:
+        ax.axhline(100 * result["mean_iu"], color="tab:red", lw=1, label=f"mean IU {100 * result['mean_iu']:.1f}")
+        ax.legend(loc="upper right")
     ax.set_xticks(range(len(names)), names, rotation=90)
     ax.set_ylim(0, 100)
     ax.set_ylabel("IU (%)")
-    ax.legend(loc="upper right")
     fig.tight_layout()
     _save_figure(fig, path)

@@ -3,7 +3,8 @@ mean IU and frequency-weighted IU.
 
 Rows are ground-truth classes, columns predictions. Pixels labelled ``ignore_index`` (255) or any label
 outside ``[0, num_classes)`` are not counted. Per-class scores of classes that never occur (neither in the
-ground truth nor in the predictions) are NaN and left out of the means, so the means never become NaN.
+ground truth nor in the predictions) are NaN and left out of the means, so the means never become NaN; with
+no pixel counted at all the means are None (JSON null).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ class ConfusionMatrix:
             dist.all_reduce(self.mat)
 
     def compute(self) -> dict:
-        """Scores as plain Python numbers: ``pixel_acc``, ``mean_acc``, ``mean_iu``, ``fw_iu``,
-        ``per_class_iu``, ``per_class_acc`` (NaN for classes that do not occur)."""
+        """Scores as plain Python numbers: ``pixel_acc``, ``mean_acc``, ``mean_iu``, ``fw_iu`` (None when no
+        pixel was counted), ``per_class_iu``, ``per_class_acc`` (NaN for classes that do not occur)."""
         return scores(self.mat)
 
 
@@ -91,6 +92,9 @@ def scores(mat: torch.Tensor) -> dict:
     acc = torch.where(gt > 0, tp / gt.clamp(min=1), nan)
     iu = torch.where(union > 0, tp / union.clamp(min=1), nan)
     freq = gt / total if total > 0 else gt
+    if total == 0:  # every pixel ignored: no mean is defined; None (JSON null, "-" in tables), never NaN
+        return {"pixel_acc": None, "mean_acc": None, "mean_iu": None, "fw_iu": None,
+                "per_class_iu": iu.tolist(), "per_class_acc": acc.tolist()}
     return {
         "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
         "mean_acc": float(acc.nanmean()),

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoint import atomic_write
-from .data.images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image
+from .data.images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image, pil_to_rgb
 from .data.palettes import label_image, overlay
 
 DEFAULT_MODEL = "camvid-fcn8s-lite0"
@@ -63,7 +63,7 @@ def _as_chw(image) -> torch.Tensor:
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image)
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = pil_to_rgb(image)  # the file rules: a 16-bit grey image is scaled, not clipped at 255
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)

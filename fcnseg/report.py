@@ -33,7 +33,8 @@ def per_image_scores(truth: torch.Tensor, pred: torch.Tensor, num_classes: int) 
     cm = ConfusionMatrix(num_classes, device=truth.device)
     cm.update(truth, pred)
     s = scores(cm.mat)
-    return {"mean_iu": s["mean_iu"], "pixel_acc": s["pixel_acc"]}
+    nan = float("nan")
+    return {k: nan if s[k] is None else s[k] for k in ("mean_iu", "pixel_acc")}
 
 
 def _data_url(im: Image.Image, fmt: str) -> str:
@@ -159,7 +160,7 @@ def html_report(result: dict, palette, confusion_png: bytes | None = None, galle
         colour = "#{:02x}{:02x}{:02x}".format(*(int(v) for v in palette[k][:3])) if k < len(palette) else "#000"
         parts.append(f"<tr><td><span class='sw' style='background:{colour}'></span>{esc(str(name))}</td>"
                      f"<td class='num'>{_pct(iu)}</td><td><div class='bar'><span style='width:{width:.1f}%'></span>"
-                     f"<i style='left:{100 * mean_iu:.1f}%'></i></div></td><td class='num'>{_pct(acc)}</td>"
+                     f"<i style='left:{100 * (mean_iu or 0):.1f}%'></i></div></td><td class='num'>{_pct(acc)}</td>"
                      f"<td class='num'>{100 * gt_pixels[k] / total:.1f}</td></tr>")
     parts.append("</table>")
     if confusion_png:

@@ -63,12 +63,16 @@ class TrainConfig:
     Augmentation: ``resize`` ([H, W]: train and validate on copies of the images resized to this, e.g. to fit
     a CPU budget; None keeps the files' size), ``crop`` ([H, W] or None for whole images), ``scale`` ([lo, hi]
     or None), ``flip``, ``color_jitter``.
-    Optimisation: ``epochs``, ``max_steps`` (stop early), ``batch_size``, ``optimizer`` ("sgd", "adamw"),
+    Optimisation: ``epochs``, ``max_steps`` (the run takes ``min(epochs x steps per epoch, max_steps)`` steps and
+    the poly schedule decays over exactly those: an iteration schedule is a large ``epochs`` and ``max_steps``),
+    ``batch_size``, ``optimizer`` ("sgd", "adamw"),
     ``lr`` (None: the heavy mode's per-architecture value), ``momentum``, ``weight_decay``, ``head_lr_mult``
     (score and upsampling layers), ``bias_lr_mult``, ``bias_decay``, ``schedule`` ("poly", "constant"),
     ``poly_power``, ``warmup_steps``, ``loss_reduction`` ("mean", "sum"), ``loss_sample`` (fraction of loss
     cells kept), ``loss_sample_stride``, ``class_weights`` (None, "median_frequency", its square root
     "sqrt_median_frequency" (milder), or a list).
+    ``freeze_bn``: BatchNorm layers in eval mode with their parameters frozen (needed for batch 1 with a
+    BatchNorm trunk; the heavy preset sets it).
     Machine: ``device`` ("auto", "cpu", "cuda", "cuda:1"), ``amp`` ("off", "auto", "bf16", "fp16"),
     ``channels_last``, ``workers``, ``threads``, ``seed``.
     Output: ``out`` (run folder), ``val_every`` (epochs), ``log_every`` (steps), ``ckpt_every`` (steps; 0 = end
@@ -123,10 +127,11 @@ class TrainConfig:
     ckpt_every: int = 0
     tensorboard: bool = True
     boundary_width: int = 0
+    freeze_bn: bool = False
 
 
 HEAVY = dict(batch_size=1, crop=None, scale=None, flip=False, color_jitter=0.0, optimizer="sgd", lr=None,
-             momentum=0.99, weight_decay=5e-4, head_lr_mult=1.0, bias_lr_mult=2.0, bias_decay=False,
+             freeze_bn=True, momentum=0.99, weight_decay=5e-4, head_lr_mult=1.0, bias_lr_mult=2.0, bias_decay=False,
              schedule="constant", warmup_steps=0, loss_reduction="sum", amp="off", upsampling="paper")
 MODES = ("modern", "heavy")
 
@@ -359,6 +364,72 @@ def median_frequency_weights(counts: np.ndarray) -> torch.Tensor:
     return torch.tensor(np.where(freq > 0, med / np.maximum(freq, 1e-12), 0.0), dtype=torch.float32)
 
 
+def load_data(cfg: TrainConfig, main: bool = True):
+    """The checked training and validation datasets (validation None without ``val_split``).
+
+    What a folder dataset inferred (its classes and label mapping) is merged into ``cfg.dataset_options``, so
+    the validation split reads its masks the same way and the run's ``config.yaml`` repeats it exactly. Each
+    dataset's summary is printed (by the main process), bad pairs skipped with ``skip_bad`` are named.
+
+    Raises:
+        DatasetError: a bad file (without ``skip_bad``), or a training split that cannot train a model
+            (every pixel ignored, or a single class present).
+    """
+    from .data import DatasetError
+    from .data.summary import summary, training_errors
+
+    resize = tuple(cfg.resize) if cfg.resize else None
+    train_ds = build_dataset(cfg.dataset, cfg.root, cfg.train_split, **cfg.dataset_options)
+    problems = train_ds.check(skip_bad=cfg.skip_bad)
+    if train_ds.options:
+        cfg.dataset_options = {**cfg.dataset_options, **train_ds.options}
+    val_ds = None
+    if cfg.val_split:
+        val_ds = build_dataset(cfg.dataset, cfg.root, cfg.val_split, transforms=eval_transforms(resize),
+                               **cfg.dataset_options)
+        problems += val_ds.check(skip_bad=cfg.skip_bad)
+    if main:
+        for p in problems:
+            print(f"skipped: {p}", file=sys.stderr)
+        for ds in (train_ds, val_ds):
+            if ds is not None:
+                print(summary(ds, brief=True), flush=True)
+        if train_ds.options:
+            print(f"inferred labels written to {Path(cfg.out) / 'config.yaml'} as dataset_options: "
+                  f"{train_ds.options}", flush=True)
+    errors = training_errors(train_ds)
+    if errors:
+        raise DatasetError(errors[0])
+    return train_ds, val_ds
+
+
+def _batchnorms(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def check_batchnorm(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Refuses batch 1 with trainable BatchNorm (statistics of one image; with a 1x1 deepest map, a crash at
+    step 1); with ``freeze_bn`` freezes every BatchNorm layer (parameters fixed, running statistics used)."""
+    bns = _batchnorms(model)
+    if cfg.freeze_bn:
+        for m in bns:
+            for p in m.parameters():
+                p.requires_grad_(False)
+        return
+    if bns and cfg.batch_size == 1:
+        raise ValueError(f"batch_size 1 with the BatchNorm layers of {cfg.backbone} ({len(bns)} layers): each step "
+                         "would normalise with one image's statistics (and fail on a 1x1 deepest map); set "
+                         "batch_size: 2 or more, or freeze_bn: true")
+
+
+def train_mode(net: torch.nn.Module, cfg: TrainConfig) -> None:
+    """``net.train()``, with BatchNorm layers kept in eval mode under ``freeze_bn``."""
+    net.train()
+    if cfg.freeze_bn:
+        for m in _batchnorms(net):
+            m.eval()
+
+
 # ------------------------------------------------------------------------------------------------------
 # Model, loss, optimiser
 
@@ -485,20 +556,12 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
-    opts = dict(cfg.dataset_options)
     resize = tuple(cfg.resize) if cfg.resize else None
     aug = train_transforms(tuple(cfg.scale) if cfg.scale else None, tuple(cfg.crop) if cfg.crop else None,
                            cfg.flip, cfg.color_jitter, resize=resize)
-    train_ds = build_dataset(cfg.dataset, cfg.root, cfg.train_split, **opts)
-    problems = train_ds.check(skip_bad=cfg.skip_bad)
-    val_ds = None
-    if cfg.val_split:
-        val_ds = build_dataset(cfg.dataset, cfg.root, cfg.val_split, transforms=eval_transforms(resize), **opts)
-        problems += val_ds.check(skip_bad=cfg.skip_bad)
-    if main:
-        for p in problems:
-            print(f"skipped: {p}", file=sys.stderr)
+    train_ds, val_ds = load_data(cfg, main)
     model = build(cfg, train_ds.class_names, train_ds.palette).to(device)
+    check_batchnorm(model, cfg)
     weight = None
     if cfg.class_weights in ("median_frequency", "sqrt_median_frequency"):
         weight = median_frequency_weights(train_ds.class_frequencies())
@@ -521,6 +584,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
+    if main:
+        print(startup_line(cfg, train_ds, val_ds, steps_per_epoch, total_steps), flush=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
 
     epoch, start_batch, step, best = 0, 0, 0, -1.0
@@ -589,7 +654,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     while epoch < cfg.epochs and step < total_steps:
         batches = epoch_batches(len(train_ds), cfg.batch_size, epoch, cfg.seed, rank, world, drop_last)
         loader = torch.utils.data.DataLoader(augmented, batch_sampler=batches[start_batch:], **loader_args)
-        net.train()
+        train_mode(net, cfg)
         bar = _progress(main, len(batches), start_batch, f"epoch {epoch + 1}/{cfg.epochs}")
         tick, seen = time.perf_counter(), 0
         step_start = tick  # the data loading of a step counts towards it
@@ -615,9 +680,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             seen += images.shape[0] * world
             if main:
                 rate = seen / (time.perf_counter() - tick)
-                logger.step(step, epoch + 1, loss.item(), scheduler.get_last_lr()[0], rate)
+                left = eta(train_seconds + time.perf_counter() - step_start, step, total_steps - step)
+                logger.step(step, epoch + 1, loss.item(), scheduler.get_last_lr()[0], rate, left)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4g}", img_s=f"{rate:.1f}")
+                bar.set_postfix(loss=f"{loss.item():.4g}", img_s=f"{rate:.1f}", run_eta=left)
             train_seconds += time.perf_counter() - step_start
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and b + 1 < len(batches):
                 checkpoint(epoch, b + 1)
@@ -632,20 +698,44 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                               boundary_width=cfg.boundary_width or None)
             if main:
                 logger.val(step, epoch, result, train_seconds)
-                if result["mean_iu"] > best:
-                    best = result["mean_iu"]
+                score = result["mean_iu"] if result["mean_iu"] is not None else -1.0
+                if score > best or not (out / "best.safetensors").exists():
+                    best = max(best, score)
                     save_model(model, out / "best.safetensors", epoch=epoch, step=step, val=_brief(result),
-                               dataset=cfg.dataset, split=cfg.val_split)
+                               dataset=cfg.dataset, split=cfg.val_split, dataset_options=cfg.dataset_options)
         checkpoint(epoch, 0)
     if main:
-        save_model(model, out / "model.safetensors", epoch=epoch, step=step, dataset=cfg.dataset,
-                   val=_brief(result) if result else None)
+        info = dict(epoch=epoch, step=step, dataset=cfg.dataset, dataset_options=cfg.dataset_options)
+        save_model(model, out / "model.safetensors", val=_brief(result) if result else None, **info)
+        if val_ds is None:  # no validation to pick a best model by: the best is the last
+            save_model(model, out / "best.safetensors", val=None, best="last (no validation)", **info)
         if result:
             write_report(result, out / "val")
             print(format_table(result))
         logger.close()
+        print(f"saved to {out}: model.safetensors (last), best.safetensors "
+              f"({'best val mean IU' if val_ds is not None else 'no validation: the last'}), last.pt", flush=True)
     finish_distributed()
     return result
+
+
+def startup_line(cfg: TrainConfig, train_ds, val_ds, steps_per_epoch: int, total_steps: int) -> str:
+    """One line before step 1: the data, the classes, the schedule and where the run is written."""
+    val = f", {len(val_ds)} val images ({cfg.val_split})" if val_ds is not None else ", no validation"
+    cap = f", capped by max_steps {cfg.max_steps}" if cfg.max_steps and cfg.max_steps < \
+        cfg.epochs * steps_per_epoch else ""
+    return (f"training {cfg.arch} {cfg.backbone} on {len(train_ds)} images ({cfg.train_split}){val}; "
+            f"{train_ds.num_classes} classes; batch {cfg.batch_size}, {steps_per_epoch} steps per epoch, "
+            f"{total_steps} steps in all ({cfg.epochs} epochs{cap}); writing to {cfg.out}")
+
+
+def eta(seconds_done: float, steps_done: int, steps_left: int) -> str:
+    """Time left at the rate so far, as "1h02m", "3m05s" or "12s" ("?" before the first step)."""
+    if steps_done <= 0:
+        return "?"
+    left = round(seconds_done / steps_done * steps_left)
+    h, m, s = left // 3600, left % 3600 // 60, left % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def _brief(result: dict) -> dict:
@@ -703,7 +793,7 @@ class _Logger:
         f = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
         return f, csv.writer(f)
 
-    def step(self, step: int, epoch: int, loss: float, lr: float, rate: float) -> None:
+    def step(self, step: int, epoch: int, loss: float, lr: float, rate: float, left: str = "?") -> None:
         f, w = self.train_csv
         w.writerow([step, epoch, f"{loss:.6g}", f"{lr:.6g}", f"{rate:.3f}", f"{time.perf_counter() - self.t0:.1f}"])
         if step % self.cfg.log_every == 0:
@@ -713,21 +803,27 @@ class _Logger:
                 self.tb.add_scalar("train/lr", lr, step)
                 self.tb.add_scalar("train/images_per_s", rate, step)
             if not self.tty:
-                print(f"step {step} epoch {epoch} loss {loss:.4g} lr {lr:.3g} {rate:.1f} img/s", flush=True)
+                print(f"step {step} epoch {epoch} loss {loss:.4g} lr {lr:.3g} {rate:.1f} img/s, eta {left}",
+                      flush=True)
 
     def val(self, step: int, epoch: int, r: dict, train_seconds: float) -> None:
         f, w = self.val_csv
         boundary = r.get("boundary", {}).get("mean_iu")
-        w.writerow([step, epoch] + [f"{r[k]:.6f}" for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")]
+        keys = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
+        w.writerow([step, epoch] + ["" if r[k] is None else f"{r[k]:.6f}" for k in keys]
                    + [f"{r['images_per_s']:.3f}", f"{train_seconds:.1f}",
                       "" if boundary is None else f"{boundary:.6f}"])
         f.flush()
         if self.tb:
-            for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):
-                self.tb.add_scalar(f"val/{k}", r[k], step)
-        print(f"val epoch {epoch} step {step}: pixel acc {100 * r['pixel_acc']:.2f} mean acc "
-              f"{100 * r['mean_acc']:.2f} mean IU {100 * r['mean_iu']:.2f} fw IU {100 * r['fw_iu']:.2f} "
-              f"({r['images_per_s']:.1f} img/s)", flush=True)
+            for k in keys:
+                if r[k] is not None:
+                    self.tb.add_scalar(f"val/{k}", r[k], step)
+
+        def pct(k: str) -> str:  # None: no labelled pixel in the validation masks
+            return "-" if r[k] is None else f"{100 * r[k]:.2f}"
+
+        print(f"val epoch {epoch} step {step}: pixel acc {pct('pixel_acc')} mean acc {pct('mean_acc')} mean IU "
+              f"{pct('mean_iu')} fw IU {pct('fw_iu')} ({r['images_per_s']:.1f} img/s)", flush=True)
 
     def flush(self) -> None:
         for f, _ in (self.train_csv, self.val_csv):

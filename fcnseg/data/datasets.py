@@ -9,6 +9,7 @@ Labels come out in ``[0, num_classes)`` or 255 (ignored); anything else is an er
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,13 +20,17 @@ import torch
 from PIL import Image
 
 from .images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image
+from .masks import Mapping, MaskValueError, from_levels, from_threshold, infer_mapping
 from .palettes import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, default_palette, voc_palette
 
 IGNORE = 255
 
 
 class DatasetError(ValueError):
-    """A problem with a dataset file; the message starts with the file's path."""
+    """A problem with a dataset file; the message starts with the file's path. ``problems``: when ``check``
+    found no usable pair, the message of every bad one."""
+
+    problems: list[str] = []
 
 
 @dataclass
@@ -33,6 +38,26 @@ class Sample:
     image: Path
     mask: Path | None
     name: str
+    looked_for: str | None = None  # where a missing mask was looked for (folder datasets), for the message
+
+
+@dataclass
+class DatasetStats:
+    """What ``SegmentationDataset.check`` saw, for the summary (``fcnseg.data.summary``).
+
+    Attributes:
+        sizes: ``(width, height)`` of each usable image, in order.
+        label_pixels: int64 pixel counts per label, ``num_classes + 1`` long (the last: ignored pixels).
+        raw_values: int64 pixel counts per raw mask value 0..255 (index masks; None for rgb and mat masks).
+        rotated: ``(name, EXIF orientation)`` of the images turned upright per EXIF.
+        mask_kinds: counts of mask file kinds (e.g. ``"PNG L"``).
+    """
+
+    sizes: list[tuple[int, int]]
+    label_pixels: np.ndarray
+    raw_values: np.ndarray | None
+    rotated: list[tuple[str, int]]
+    mask_kinds: dict[str, int]
 
 
 @dataclass
@@ -49,6 +74,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
         name: a short name for messages.
         transforms: called as ``transforms(image, mask)`` on tensors (see ``fcnseg.data.transforms``);
             ``None`` gives the image as a float ``(3, H, W)`` tensor in [0, 1] and the labels as int64.
+        exif: turn images upright per their EXIF orientation, as ``predict`` does (annotation tools show and
+            label the upright view); masks carry no orientation and must match the upright image. Off for VOC,
+            SBD and CamVid, whose masks were drawn on the stored pixels.
+        mapping_kind: how the mapping was decided: "described", "binary", "levels", "labels", "snapped",
+            "threshold" (folder datasets, see ``fcnseg.data.masks``) or "" (the dataset's own definition).
+        mapping_note: one line on how mask values became labels (inferred or described), for the summary.
+        options: the builder options that give the same classes and mapping without inferring them again
+            (folder datasets; written into a run's ``config.yaml``).
+        notes: warnings found while pairing files (images without a matching name, masks without an image).
     """
 
     samples: list[Sample]
@@ -59,6 +93,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
     void_colours: list[tuple[int, int, int]] = field(default_factory=list)
     name: str = "dataset"
     transforms: Callable | None = None
+    exif: bool = True
+    mapping_kind: str = ""
+    mapping_note: str = ""
+    options: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    stats: DatasetStats | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.mask_format not in ("index", "rgb", "mat"):
@@ -79,26 +119,34 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def read_image(self, i: int) -> np.ndarray:
+        """The image as ``HxWx3`` uint8 RGB, upright per EXIF unless ``exif`` is off; ``DatasetError`` if bad."""
         path = self.samples[i].image
         try:
-            # No EXIF rotation: masks carry none, and image and mask must stay aligned.
-            return decode_image(path, exif=False)
+            return decode_image(path, exif=self.exif)
         except FileNotFoundError:
             raise DatasetError(f"{path}: image file is missing") from None
         except ImageError as e:
             raise DatasetError(str(e)) from None
 
-    def read_mask(self, i: int) -> np.ndarray:
-        """Labels in ``[0, num_classes)`` or 255, as int64."""
-        path = self.samples[i].mask
-        if path is None:
-            raise DatasetError(f"{self.samples[i].image}: this dataset has no mask for the image")
+    def read_raw_mask(self, i: int) -> np.ndarray:
+        """The mask file's values as int64 (``HxW``; ``HxWx3`` for rgb masks); ``DatasetError`` if bad."""
+        s = self.samples[i]
+        if s.mask is None:
+            raise DatasetError(f"{s.image}: this dataset has no mask for the image")
         try:
-            raw = _read_raw_mask(path, self.mask_format)
+            return _read_raw_mask(s.mask, self.mask_format)
         except FileNotFoundError:
-            raise DatasetError(f"{path}: mask file is missing") from None
+            where = f" (looked for {s.looked_for})" if s.looked_for else ""
+            raise DatasetError(f"{s.mask}: mask file is missing{where}") from None
         except (OSError, SyntaxError, ValueError, KeyError, EOFError, Image.DecompressionBombError) as e:
-            raise DatasetError(f"{path}: cannot read mask ({e})") from None
+            raise DatasetError(f"{s.mask}: cannot read mask ({e})") from None
+
+    def read_mask(self, i: int) -> np.ndarray:
+        """Labels in ``[0, num_classes)`` or 255, as int64 ``HxW``; ``DatasetError`` naming the file if bad."""
+        return self.labels_of(self.read_raw_mask(i), self.samples[i].mask)
+
+    def labels_of(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Raw mask values (from ``read_raw_mask``) as labels, checked to be in range."""
         if self.mask_format == "rgb":
             labels = self._rgb_to_labels(raw, path)
         else:
@@ -127,10 +175,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The image and its labels, checked to be the same size."""
         image, labels = self.read_image(i), self.read_mask(i)
-        if image.shape[:2] != labels.shape:
-            raise DatasetError(f"{self.samples[i].mask}: mask is {labels.shape[1]}x{labels.shape[0]} but its image "
-                               f"{self.samples[i].image.name} is {image.shape[1]}x{image.shape[0]}")
+        self._check_size(i, image.shape[:2], labels.shape)
         return image, labels
+
+    def _check_size(self, i: int, image_hw: tuple, mask_hw: tuple) -> None:
+        if tuple(image_hw) == tuple(mask_hw):
+            return
+        s = self.samples[i]
+        (h, w), (mh, mw) = image_hw, mask_hw
+        msg = f"{s.mask}: mask is {mw}x{mh} but its image {s.image.name} is {w}x{h}"
+        if self.exif and (mh, mw) == (w, h) and _orientation(s.image) in (5, 6, 7, 8):
+            msg += (" after turning it upright per its EXIF orientation; if the mask was drawn on the stored "
+                    "(unrotated) pixels, add 'exif: false' to dataset.yaml")
+        raise DatasetError(msg)
 
     def tensors(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``load(i)`` as a uint8 ``(3, H, W)`` image tensor and int64 ``(H, W)`` labels, untransformed."""
@@ -144,57 +201,104 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return self.transforms(img, lab)
 
     def check(self, skip_bad: bool = False, progress: bool = False) -> list[str]:
-        """Decodes every image and mask once before any training starts.
+        """Decodes every image and mask once before any training starts, and gathers ``stats``.
 
         Whole decodes, not just headers: a truncated JPEG passes a header check and would only fail mid-run
         (and ``skip_bad`` could not drop it). Images are decoded on a few threads (Pillow releases the GIL).
         Raises ``DatasetError`` on the first bad pair, or with ``skip_bad`` drops the bad pairs and returns
-        their messages. An empty dataset is always an error.
+        their messages (each names the file and why). An empty dataset is always an error; when every pair is
+        bad the error quotes the first problems.
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        def one(i: int) -> str | None:
+        def one(i: int):
             try:
-                self._check_one(i)
+                return self._check_one(i)
             except DatasetError as e:
                 return str(e)
-            return None
 
-        problems, keep = [], []
+        problems, keep, records = [], [], []
         with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
             results = pool.map(one, range(len(self.samples)))
             if progress:
                 from tqdm import tqdm
 
                 results = tqdm(results, total=len(self.samples), desc=f"checking {self.name}", leave=False)
-            for i, problem in enumerate(results):
-                if problem is None:
+            for i, result in enumerate(results):
+                if not isinstance(result, str):
                     keep.append(self.samples[i])
+                    records.append(result)
                 elif not skip_bad:
-                    raise DatasetError(problem)
+                    raise DatasetError(result)
                 else:
-                    problems.append(problem)
+                    problems.append(result)
         self.samples = keep
         if not self.samples:
-            raise DatasetError(f"{self.name}: no usable image/mask pairs" + (f" ({len(problems)} bad)" if problems
-                                                                              else ""))
+            detail = ""
+            if problems:
+                more = f" ({len(problems) - 3} more)" if len(problems) > 3 else ""
+                detail = f"; all {len(problems)} bad, e.g. " + " | ".join(problems[:3]) + more
+            err = DatasetError(f"{self.name}: no usable image/mask pairs{detail}")
+            err.problems = problems  # every bad pair, for the command line to list
+            raise err
+        self.stats = self._gather(records)
         return problems
 
-    def _check_one(self, i: int) -> None:
+    def _check_one(self, i: int) -> dict:
         s = self.samples[i]
         h, w = self.read_image(i).shape[:2]
-        labels = self.read_mask(i)
-        if labels.shape != (h, w):
-            raise DatasetError(f"{s.mask}: mask is {labels.shape[1]}x{labels.shape[0]} but its image "
-                               f"{s.image.name} is {w}x{h}")
+        raw = self.read_raw_mask(i)
+        labels = self.labels_of(raw, s.mask)
+        self._check_size(i, (h, w), labels.shape)
+        counts = np.bincount(np.where(labels == IGNORE, self.num_classes, labels).ravel(),
+                             minlength=self.num_classes + 1)
+        raw_counts = None
+        if self.mask_format == "index":
+            raw_counts = np.bincount(raw.ravel(), minlength=256)[:256]
+        return {"size": (w, h), "labels": counts, "raw": raw_counts, "kind": _mask_kind(s.mask),
+                "orientation": _orientation(s.image) if self.exif else 1, "name": s.name}
+
+    def _gather(self, records: list[dict]) -> DatasetStats:
+        raw = None
+        if records and records[0]["raw"] is not None:
+            raw = np.sum([r["raw"] for r in records], axis=0)
+        kinds: dict[str, int] = {}
+        for r in records:
+            kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
+        return DatasetStats(sizes=[r["size"] for r in records],
+                            label_pixels=np.sum([r["labels"] for r in records], axis=0),
+                            raw_values=raw, mask_kinds=kinds,
+                            rotated=[(r["name"], r["orientation"]) for r in records if r["orientation"] != 1])
 
     def class_frequencies(self) -> np.ndarray:
-        """Pixels of each class over the dataset (ignored pixels left out)."""
+        """Pixels of each class over the dataset (ignored pixels left out), from ``stats`` once checked."""
+        if self.stats is not None:
+            return self.stats.label_pixels[: self.num_classes].copy()
         counts = np.zeros(self.num_classes, np.int64)
         for i in range(len(self)):
             labels = self.read_mask(i)
             counts += np.bincount(labels[labels != IGNORE].ravel(), minlength=self.num_classes)[: self.num_classes]
         return counts
+
+
+def _orientation(path: Path) -> int:
+    """The EXIF orientation tag of an image file (1: upright or none); 1 if unreadable."""
+    try:
+        with Image.open(path) as im:
+            return int(im.getexif().get(0x0112, 1) or 1)
+    except (OSError, ValueError, SyntaxError, TypeError):
+        return 1
+
+
+def _mask_kind(path: Path | None) -> str:
+    """A mask file's format and mode, e.g. "PNG L", for the summary."""
+    if path is None or path.suffix.lower() == ".mat":
+        return "MAT"
+    try:
+        with Image.open(path) as im:
+            return f"{im.format} {im.mode}"
+    except (OSError, ValueError, SyntaxError):
+        return "unreadable"
 
 
 def _read_raw_mask(path: Path, fmt: str) -> np.ndarray:
@@ -215,8 +319,18 @@ def _read_raw_mask(path: Path, fmt: str) -> np.ndarray:
         if im.mode in ("RGB", "RGBA"):
             raise ValueError("colour mask given where label values (palette or grey PNG) were expected; "
                              "use mask_format: rgb")
-        # Palette PNGs keep their indices (mode P); grey PNGs their values.
+        # Palette PNGs keep their indices (mode P), unless every colour they use is grey: then the greys are the
+        # values (GIF masks, and grey masks saved through a palette); grey PNGs keep their values.
+        if im.mode == "P" and _grey_palette(im):
+            im = im.convert("L")
         return np.asarray(im if im.mode in ("P", "L", "I", "I;16") else im.convert("L")).astype(np.int64)
+
+
+def _grey_palette(im: Image.Image) -> bool:
+    """Whether every palette entry a mode-P image uses is a grey (r = g = b)."""
+    pal = np.asarray(im.getpalette() or [], np.int64).reshape(-1, 3)
+    used = np.unique(np.asarray(im))
+    return bool(used.size and used.max() < len(pal) and (pal[used] == pal[used][:, :1]).all())
 
 
 def _read_list(path: Path) -> list[str]:
@@ -269,7 +383,8 @@ def voc(root, split: str = "train", *, year: str | None = None, sbd_root=None, t
         names = _read_list(vdir / "ImageSets" / "Segmentation" / f"{split}.txt")
     samples = [Sample(vdir / "JPEGImages" / f"{n}.jpg", vdir / "SegmentationClass" / f"{n}.png", n) for n in names]
     return SegmentationDataset(samples, list(VOC_CLASSES), voc_palette(21), "index", name=f"voc:{split}",
-                               transforms=transforms)
+                               transforms=transforms, exif=False,
+                               mapping_note="palette indices 0..20 are the classes, 255 (object outlines) ignored")
 
 
 def sbd(root, split: str = "train", *, transforms=None) -> SegmentationDataset:
@@ -278,7 +393,8 @@ def sbd(root, split: str = "train", *, transforms=None) -> SegmentationDataset:
     names = _read_list(d / f"{split}.txt")
     samples = [Sample(d / "img" / f"{n}.jpg", d / "cls" / f"{n}.mat", n) for n in names]
     return SegmentationDataset(samples, list(VOC_CLASSES), voc_palette(21), "mat", name=f"sbd:{split}",
-                               transforms=transforms)
+                               transforms=transforms, exif=False,
+                               mapping_note="GTcls.Segmentation 0..20 are the classes")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -309,7 +425,8 @@ def camvid(root, split: str = "train", *, transforms=None) -> SegmentationDatase
     else:
         raise DatasetError(f"{root}: no {split}.txt and no {split}/ folder (CamVid in SegNet's layout expected)")
     return SegmentationDataset(samples, list(CAMVID_CLASSES), list(CAMVID_PALETTE), "index", remap={11: IGNORE},
-                               name=f"camvid:{split}", transforms=transforms)
+                               name=f"camvid:{split}", transforms=transforms, exif=False,
+                               mapping_note="values 0..10 are the classes, 11 (void) ignored")
 
 
 def _under(root: Path, p: str) -> Path:
@@ -325,36 +442,89 @@ def _under(root: Path, p: str) -> Path:
 # Any folder
 
 
-def folder(root, split: str | None = None, *, transforms=None, config: str | Path | None = None) -> SegmentationDataset:
+FOLDER_KEYS = ("classes", "palette", "mask_format", "remap", "void_colours", "images", "masks", "image_pattern",
+               "mask_pattern", "snap", "mask_threshold", "levels", "exif")
+IMAGE_DIRS = ("images", "image", "imgs", "img")
+MASK_DIRS = ("masks", "mask", "labels", "label", "annotations", "gt")
+# Mask files: anything Pillow reads; when two files share a name, the first extension here wins (lossless first).
+MASK_EXTS = (".png", ".gif", ".tif", ".tiff", ".bmp", ".webp", ".jpg", ".jpeg")
+
+
+def folder(root, split: str | None = None, *, transforms=None, config: str | Path | None = None,
+           **options) -> SegmentationDataset:
     """Images and masks in a folder, described by an optional ``dataset.yaml`` (or ``.json``) in it.
 
-    Layout: ``images/`` and ``masks/`` (or ``images/{split}/`` and ``masks/{split}/``; or a list
-    ``{split}.txt`` of names). Masks are matched to images by name stem. The description may give::
+    Layout: ``images/`` and ``masks/`` (also found as ``image/``, ``img/``; ``mask/``, ``labels/``, ``label/``,
+    ``annotations/``, ``gt/``), or ``images/{split}/`` and ``masks/{split}/``, or a list ``{split}.txt`` of
+    names. Masks are paired with images by name; masks may be any file Pillow reads (png, gif, tif, bmp, jpg).
+    The description (and ``options``, which override it; a run's ``dataset_options``) may give::
 
         classes: [background, cell]      # names; their count is num_classes
         palette: [[0, 0, 0], [255, 0, 0]]
-        mask_format: index               # index (palette or grey PNG) or rgb (colour PNG)
+        mask_format: index               # index (palette or grey masks) or rgb (colour masks)
         remap: {255: 1}                  # raw value -> label (255 = ignore)
         void_colours: [[255, 255, 255]]  # rgb masks: colours to ignore
-        images: images                   # folder names, if not images/ and masks/
+        images: images                   # folder names, if not found among the usual ones
         masks: masks
+        image_pattern: "{id}_training"   # file names (without extension) around the shared id
+        mask_pattern: "{id}_manual1"
+        snap: true                       # lossy (JPEG) masks: each value to the nearest level
+        mask_threshold: 128              # or: values >= 128 are class 1, the others class 0
+        levels: [0, 128, 255]            # grey levels of classes 0, 1, 2 (other values snap to the nearest)
+        exif: true                       # turn images upright per EXIF (default), as predict does
 
-    Without a description, the classes are the values found in the masks (0..max), read once.
+    Without ``classes`` (index masks), the classes are inferred from the mask values (``fcnseg.data.masks``):
+    {0, 255} or {0, 1} is binary, evenly spaced grey levels are classes in order, lossy noise is refused.
+    The result's ``options`` give the inferred mapping explicitly.
+
+    Raises:
+        DatasetError: a missing folder or split, an unknown key, or masks whose values need a description.
     """
     root = Path(root)
-    desc: dict = {}
+    desc = {**_read_description(root, config), **options}
+    unknown = sorted(set(desc) - set(FOLDER_KEYS))
+    if unknown:
+        raise DatasetError(f"{root}: unknown dataset description keys {unknown}; valid: {', '.join(FOLDER_KEYS)}")
+    img_dir, mask_dir, names = _folder_layout(root, split, desc)
+    samples, notes = _pair_files(img_dir, mask_dir, names, desc)
+    fmt = desc.get("mask_format", "index")
+    mapping = _folder_mapping(root, samples, desc, fmt)
+    classes = [str(c) for c in mapping.classes]
+    palette = [tuple(int(v) for v in c) for c in desc.get("palette") or default_palette(len(classes))]
+    void = [tuple(int(v) for v in c) for c in desc.get("void_colours", [])]
+    if mapping.kind == "described":
+        remap = {int(k): int(v) for k, v in (desc.get("remap") or {}).items()}
+    else:
+        remap = {int(v): int(mapping.lut[v]) for v in range(256) if mapping.lut[v] != v}
+    return SegmentationDataset(samples, classes, palette, fmt, remap, void, name=f"folder:{root.name}" + (
+        f":{split}" if split else ""), transforms=transforms, exif=bool(desc.get("exif", True)),
+        mapping_kind=mapping.kind, mapping_note=mapping.note, options=dict(mapping.options), notes=notes)
+
+
+def _read_description(root: Path, config) -> dict:
     cfg = Path(config) if config else next((root / n for n in ("dataset.yaml", "dataset.yml", "dataset.json")
                                             if (root / n).is_file()), None)
-    if cfg is not None:
-        import yaml
+    if cfg is None:
+        return {}
+    import yaml
 
-        try:
-            desc = yaml.safe_load(cfg.read_text()) or {}  # YAML is a superset of JSON
-        except (OSError, yaml.YAMLError) as e:
-            raise DatasetError(f"{cfg}: cannot read the dataset description ({e})") from None
-        if not isinstance(desc, dict):
-            raise DatasetError(f"{cfg}: the dataset description must be a mapping")
-    img_dir, mask_dir = root / desc.get("images", "images"), root / desc.get("masks", "masks")
+    try:
+        desc = yaml.safe_load(cfg.read_text()) or {}  # YAML is a superset of JSON
+    except (OSError, yaml.YAMLError) as e:
+        raise DatasetError(f"{cfg}: cannot read the dataset description ({e})") from None
+    if not isinstance(desc, dict):
+        raise DatasetError(f"{cfg}: the dataset description must be a mapping")
+    return desc
+
+
+def _folder_layout(root: Path, split: str | None, desc: dict) -> tuple[Path, Path, list[str] | None]:
+    """The image folder, the mask folder and the split's names (None: every image)."""
+    def pick(key: str, usual: tuple[str, ...]) -> Path:
+        if desc.get(key):
+            return root / desc[key]
+        return next((root / n for n in usual if (root / n).is_dir()), root / usual[0])
+
+    img_dir, mask_dir = pick("images", IMAGE_DIRS), pick("masks", MASK_DIRS)
     names = None
     if split and (img_dir / split).is_dir():
         img_dir, mask_dir = img_dir / split, mask_dir / split
@@ -363,43 +533,107 @@ def folder(root, split: str | None = None, *, transforms=None, config: str | Pat
     elif split not in (None, "all"):
         raise DatasetError(f"{root}: split {split!r} has neither {img_dir.name}/{split}/ nor {split}.txt")
     if not img_dir.is_dir():
-        raise DatasetError(f"{img_dir}: image folder is missing")
-    images = {p.stem: p for p in sorted(img_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
-    masks = {}
-    if mask_dir.is_dir():
-        masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
-    if names is None:
-        names = sorted(images)
+        raise DatasetError(f"{img_dir}: image folder is missing (looked for {', '.join(IMAGE_DIRS)}/ or the "
+                           f"'images' key of dataset.yaml)")
+    return img_dir, mask_dir, names
+
+
+def _name_pattern(pattern: str | None, key: str) -> re.Pattern:
+    pattern = pattern or "{id}"
+    if pattern.count("{id}") != 1:
+        raise DatasetError(f"dataset.yaml: {key} {pattern!r} must contain {{id}} exactly once")
+    return re.compile("^" + re.escape(pattern).replace(re.escape("{id}"), "(?P<id>.+?)") + "$")
+
+
+def _ids(folder_: Path, exts: tuple[str, ...], pattern: re.Pattern) -> tuple[dict[str, Path], list[str]]:
+    """``{id: file}`` of the files in ``folder_`` with these extensions whose stem matches, and the others."""
+    found: dict[str, Path] = {}
+    other = []
+    if not folder_.is_dir():
+        return found, other
+    files = sorted((p for p in folder_.iterdir() if p.suffix.lower() in exts),
+                   key=lambda p: (exts.index(p.suffix.lower()), p.name))
+    for p in files:
+        m = pattern.match(p.stem)
+        if m is None:
+            other.append(p.name)
+        else:
+            found.setdefault(m.group("id"), p)
+    return found, other
+
+
+def _pair_files(img_dir: Path, mask_dir: Path, names, desc: dict) -> tuple[list[Sample], list[str]]:
+    img_pat = _name_pattern(desc.get("image_pattern"), "image_pattern")
+    mask_pat = _name_pattern(desc.get("mask_pattern"), "mask_pattern")
+    images, odd_images = _ids(img_dir, (*IMAGE_EXTS, ".gif"), img_pat)
+    masks, odd_masks = _ids(mask_dir, MASK_EXTS, mask_pat)
+    notes = []
+    if odd_images:
+        notes.append(f"{img_dir}: {len(odd_images)} files do not match image_pattern "
+                     f"{desc.get('image_pattern', '{id}')!r} and are left out (e.g. {odd_images[0]})")
+    if odd_masks:
+        notes.append(f"{mask_dir}: {len(odd_masks)} files do not match mask_pattern "
+                     f"{desc.get('mask_pattern', '{id}')!r} (e.g. {odd_masks[0]})")
+    ids = sorted(images) if names is None else names
+    orphans = sorted(set(masks) - set(ids)) if names is None else []
+    if orphans:
+        notes.append(f"{mask_dir}: {len(orphans)} masks have no image (e.g. {masks[orphans[0]].name})")
     samples = []
-    for n in names:
-        img = images.get(n, img_dir / f"{n}.jpg")
-        samples.append(Sample(img, masks.get(n, mask_dir / f"{n}.png"), n))
-    fmt = desc.get("mask_format", "index")
-    remap = {int(k): int(v) for k, v in (desc.get("remap") or {}).items()}
+    for n in ids:
+        stem = desc.get("mask_pattern", "{id}").replace("{id}", n)
+        img = images.get(n, img_dir / (desc.get("image_pattern", "{id}").replace("{id}", n) + ".jpg"))
+        looked = f"{mask_dir / stem} with {'/'.join(e.lstrip('.') for e in MASK_EXTS)}"
+        samples.append(Sample(img, masks.get(n, mask_dir / f"{stem}.png"), n, looked_for=looked))
+    return samples, notes
+
+
+def _folder_mapping(root: Path, samples: list[Sample], desc: dict, fmt: str) -> Mapping:
+    """How mask values become labels: described (classes/remap), explicit levels or threshold, or inferred."""
     classes = desc.get("classes")
-    if classes is None:
-        if fmt != "index":
-            raise DatasetError(f"{root}: rgb masks need 'classes' and 'palette' in dataset.yaml")
-        classes = [str(i) for i in range(_max_label(samples, remap) + 1)]
-    classes = [str(c) for c in classes]
-    palette = [tuple(int(v) for v in c) for c in desc.get("palette", default_palette(len(classes)))]
-    void = [tuple(int(v) for v in c) for c in desc.get("void_colours", [])]
-    return SegmentationDataset(samples, classes, palette, fmt, remap, void, name=f"folder:{root.name}",
-                               transforms=transforms)
+    if desc.get("levels") is not None:
+        levels = [int(v) for v in desc["levels"]]
+        if classes is not None and len(classes) != len(levels):
+            raise DatasetError(f"{root}: {len(levels)} levels for {len(classes)} classes in the description")
+        return from_levels(levels, "snapped", classes)
+    if desc.get("mask_threshold") is not None:
+        mapping = from_threshold(float(desc["mask_threshold"]))
+        mapping.classes = list(classes or mapping.classes)
+        return mapping
+    if classes is not None and not desc.get("snap"):
+        remap = {int(k): int(v) for k, v in (desc.get("remap") or {}).items()}
+        lut = np.arange(256, dtype=np.int64)
+        for k, v in remap.items():
+            if 0 <= k <= 255:  # SegmentationDataset refuses the others, naming them
+                lut[k] = v
+        return Mapping("described", [str(c) for c in classes], lut, {},
+                       "as described (dataset.yaml or dataset_options): classes " + ", ".join(map(str, classes))
+                       + (f", remap {remap}" if remap else "") + (" (255 ignored)" if lut[IGNORE] == IGNORE else ""))
+    if fmt != "index":
+        raise DatasetError(f"{root}: rgb masks need 'classes' and 'palette' in dataset.yaml")
+    hist = _raw_histogram(samples)
+    try:
+        mapping = infer_mapping(hist, snap=bool(desc.get("snap")))
+    except MaskValueError as e:
+        raise DatasetError(f"{root}: {e}") from None
+    if classes is not None:
+        if len(classes) != len(mapping.classes):
+            raise DatasetError(f"{root}: snap found {len(mapping.classes)} levels for {len(classes)} classes")
+        mapping.classes = mapping.options["classes"] = [str(c) for c in classes]
+    return mapping
 
 
-def _max_label(samples: Sequence[Sample], remap: dict[int, int]) -> int:
-    top = 1
+def _raw_histogram(samples: Sequence[Sample]) -> np.ndarray:
+    """Pixel counts of raw mask values 0..255 over the masks that can be read (the others fail in ``check``)."""
+    hist = np.zeros(256, np.int64)
     for s in samples:
         try:
             raw = _read_raw_mask(s.mask, "index")
-        except FileNotFoundError:
-            raise DatasetError(f"{s.mask}: mask file is missing") from None
-        except (OSError, ValueError) as e:
-            raise DatasetError(f"{s.mask}: cannot read mask ({e})") from None
-        values = {remap.get(int(v), int(v)) for v in np.unique(raw)} - {IGNORE}
-        top = max([top, *values])
-    return top
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+            continue
+        if raw.min() < 0 or raw.max() > 255:
+            raise DatasetError(f"{s.mask}: mask values {int(raw.min())}..{int(raw.max())} do not fit 0..255")
+        hist += np.bincount(raw.ravel(), minlength=256)
+    return hist
 
 
 DATASETS: dict[str, Callable[..., SegmentationDataset]] = {"voc": voc, "sbd": sbd, "camvid": camvid, "folder": folder}

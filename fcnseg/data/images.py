@@ -72,6 +72,12 @@ def decode_image(path: str | os.PathLike | BinaryIO, max_pixels: int | None = MA
         raise ImageError(f"{path}: cannot read image ({e})") from None
 
 
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """An already open PIL image as ``HxWx3`` uint8 RGB by ``decode_image``'s rules (16/32-bit grey scaled by
+    its type's range, not clipped; alpha dropped). No EXIF rotation: the caller holds the image as it wants it."""
+    return _to_rgb(im)
+
+
 def _to_rgb(im: Image.Image) -> np.ndarray:
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(im).astype(np.float64)

@@ -255,13 +255,14 @@ def _check_input(x: torch.Tensor) -> None:
 
 def to_tensor(image) -> torch.Tensor:
     """A ``(3, H, W)`` float32 tensor in [0, 1] from a path, PIL image, uint8 array or tensor."""
-    from PIL import Image, ImageOps
+    from PIL import Image
+
+    from ..data.images import decode_image, pil_to_rgb
 
     if isinstance(image, (str, Path)):
-        with Image.open(image) as im:
-            image = ImageOps.exif_transpose(im).convert("RGB")
+        image = decode_image(image, max_pixels=None)  # upright per EXIF; 16-bit grey scaled, not clipped
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = pil_to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +133,26 @@ def _package_file(package: str, backbone: str) -> Path:
     return files[0]
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_wrapper_prefix(sd: dict, source: str | os.PathLike = "weights") -> dict:
+    """``sd`` without a key prefix that every key carries from a wrapper: ``module.`` (DataParallel, DDP) or
+    ``_orig_mod.`` (``torch.compile``), also stacked. Prints one line to stderr naming ``source`` when it strips;
+    a dict without such a uniform prefix comes back as it is."""
+    stripped = ""
+    while sd:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(str(k).startswith(p) for k in sd)), None)
+        if prefix is None:
+            break
+        sd = {k[len(prefix):]: v for k, v in sd.items()}
+        stripped += prefix
+    if stripped:
+        print(f"{source}: stripped the key prefix {stripped!r} (weights saved from a DataParallel/DDP or "
+              "torch.compile wrapper)", file=sys.stderr)
+    return sd
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Reads a weights file without executing code: safetensors, Keras h5, or a torch file loaded with
     ``weights_only=True``. Errors name the file."""
@@ -142,7 +163,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path))
+            return strip_wrapper_prefix(load_file(str(path)), path)
         if path.suffix == ".h5":
             return _read_h5(path)
         sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -153,7 +174,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{path}: expected a dict of tensors (a state dict)")
-    return sd
+    return strip_wrapper_prefix(sd, path)
 
 
 def _read_h5(path: Path) -> dict[str, torch.Tensor]:
@@ -331,7 +352,7 @@ def load_torchfcn(source, arch: str = "fcn8s", class_names: list[str] | None = N
         arch = TORCHFCN_ARCHS.get(type(source).__name__, arch)
         sd = source.state_dict()
     elif isinstance(source, dict):
-        sd = source
+        sd = strip_wrapper_prefix(source, "state dict")
     else:
         sd = read_state_dict(source)
     sd = from_torchfcn(sd)

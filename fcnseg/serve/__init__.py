@@ -298,6 +298,20 @@ def segment(model, data: bytes, name: str, max_pixels: int, flip: bool, max_size
             "ms": 1000 * (time.perf_counter() - t)}
 
 
+GENERIC_STEMS = ("best", "last", "model", "final", "checkpoint")
+
+
+def model_name(spec: str) -> str:
+    """A model's name in the app and API: a pretrained name as it is; a file's stem, or for the generic stems
+    a training run writes (``runs/cells/best.safetensors``) its folder and stem ("cells-best")."""
+    if not spec.endswith((".safetensors", ".onnx")):
+        return spec
+    path = Path(spec)
+    if path.stem in GENERIC_STEMS and path.resolve().parent.name:
+        return f"{path.resolve().parent.name}-{path.stem}"
+    return path.stem
+
+
 def load_models(specs: list[str], device: str = "auto") -> dict[str, object]:
     """Loads each model once: pretrained names and ``.safetensors`` files (PyTorch), ``.onnx`` files (ONNX Runtime).
 
@@ -306,7 +320,7 @@ def load_models(specs: list[str], device: str = "auto") -> dict[str, object]:
         device: "auto", "cpu", "cuda", ... (PyTorch models only).
 
     Returns:
-        ``{name: model}`` in order; a file's name is its stem (with -2, -3 ... when two share one).
+        ``{name: model}`` in order; a file's name is ``model_name(file)`` (with -2, -3 ... when two share one).
     """
     from ..cli import _load_for_inference
 
@@ -315,7 +329,7 @@ def load_models(specs: list[str], device: str = "auto") -> dict[str, object]:
         spec = str(spec)
         backend = "onnxruntime" if spec.endswith(".onnx") else "torch"
         model = _load_for_inference(spec, backend, device)
-        name = Path(spec).stem if spec.endswith((".safetensors", ".onnx")) else spec
+        name = model_name(spec)
         base, k = name, 1
         while name in models:
             k += 1
