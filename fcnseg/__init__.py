@@ -4,5 +4,5 @@ from .models import ARCHS, BACKBONES, FCN, build_model, convolutionalize, staged
 from .preprocessing import Preprocessing
 from .pretrained import load
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["ARCHS", "BACKBONES", "FCN", "Preprocessing", "build_model", "convolutionalize", "load", "staged_init"]
