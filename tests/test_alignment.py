@@ -212,3 +212,22 @@ def test_translating_the_image_translates_the_labels(shared_data):
     assert min(exact.values()) > 0.96 and exact[32] > 0.99, exact
     before = {k: agreement(old, k) for k in (1, 5, 16, 31)}
     assert min(before.values()) < min(exact.values()) - 0.05, (before, exact)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exports_keep_the_alignment_at_dynamic_sizes(tmp_path, fmt):
+    """The exported graphs compute the same scores as PyTorch at sizes they were not traced at, for the exact head
+    (edge-extended score maps, signed crops) and for a legacy model (inputs padded to a multiple of 32)."""
+    from fcnseg.export import export, verify
+
+    torch.manual_seed(0)
+    exact = fcnseg.build_model("fcn8s", "resnet18", 3)
+    legacy = fcnseg.build_model("fcn8s", "efficientnet_lite0", 3, alignment="legacy")
+    sizes = [(360, 480), (257, 193), (101, 67), (384, 288), (33, 97)]
+    for name, model in (("exact", exact), ("legacy", legacy)):
+        for conv in model.score_layers():
+            nn.init.normal_(conv.weight, std=0.1)
+        path = export(model.eval(), tmp_path / f"{name}.{'onnx' if fmt == 'onnx' else 'pt'}", fmt)
+        for row in verify(model, path, sizes=sizes):
+            assert row["max_abs_diff"] < 1e-3 * max(1.0, row["max_abs_score"]), (name, row)
+            assert row["label_agreement"] > 0.999, (name, row)
