@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .checkpoint import (
     WriteError,
@@ -42,9 +41,10 @@ from .checkpoint import (
     save_model,
     stale_temp_files,
 )
-from .data import IGNORE, build_dataset, eval_transforms, pad_collate, train_transforms
+from .data import build_dataset, eval_transforms, pad_collate, train_transforms
 from .data.transforms import seeded
 from .evaluate import evaluate, format_table, write_report
+from .losses import TASKS, build_loss, parse_loss, segmentation_loss
 from .models import build_model, staged_init
 
 # The authors' learning rates for unnormalised (summed) loss with batch 1, by architecture.
@@ -111,6 +111,9 @@ class TrainConfig:
     loss_sample: float = 1.0
     loss_sample_stride: int = 32
     class_weights: str | list | None = None
+    task: str = "multiclass"
+    loss: str | dict | None = None
+    threshold: float = 0.5
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool = False
@@ -217,10 +220,13 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.boundary_width >= 0, f"boundary_width must be >= 0, got {cfg.boundary_width}"),
         (cfg.scale is None or len(cfg.scale) == 2, f"scale must be [lo, hi] or null, got {cfg.scale}"),
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+        (cfg.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}"),
+        (0 < cfg.threshold < 1, f"threshold must be in (0, 1), got {cfg.threshold}"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ValueError(msg)
+    parse_loss(cfg.loss, cfg.task)  # an unknown loss or option stops the run before anything is read
     if cfg.crop is None and cfg.batch_size > 1:
         warnings.warn("whole images of different sizes in one batch are padded (image 0, labels 255)", stacklevel=3)
 
@@ -425,23 +431,6 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return f
 
 
-def segmentation_loss(scores: torch.Tensor, target: torch.Tensor, *, weight: torch.Tensor | None = None,
-                      reduction: str = "mean", sample: float = 1.0, stride: int = 32) -> torch.Tensor:
-    """Per-pixel multinomial logistic loss, ignoring label 255.
-
-    With ``sample < 1`` each ``stride x stride`` cell of the loss is kept with probability ``sample`` (the
-    paper's loss sampling, equivalent to patchwise training); the others are ignored for this step.
-    """
-    if sample < 1.0:
-        n, h, w = target.shape
-        keep = torch.rand(n, 1, -(-h // stride), -(-w // stride), device=target.device) < sample
-        keep = keep.repeat_interleave(stride, 2).repeat_interleave(stride, 3)[:, 0, :h, :w]
-        target = target.masked_fill(~keep, IGNORE)
-    if not (target != IGNORE).any():  # nothing to learn from (all ignored): a zero that keeps the graph
-        return scores.sum() * 0.0
-    return F.cross_entropy(scores.float(), target, weight=weight, ignore_index=IGNORE, reduction=reduction)
-
-
 # ------------------------------------------------------------------------------------------------------
 # The loop
 
@@ -510,6 +499,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     elif cfg.class_weights is not None:
         raise ValueError("class_weights must be null, median_frequency, sqrt_median_frequency or a list; "
                          f"got {cfg.class_weights!r}")
+    loss_fn = build_loss(cfg.loss, cfg.task, weight=weight, reduction=cfg.loss_reduction)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = resolve_amp(cfg.amp, device)
@@ -600,8 +590,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
                 scores = net(images)
-            loss = segmentation_loss(scores, labels, weight=weight, reduction=cfg.loss_reduction,
-                                     sample=cfg.loss_sample, stride=cfg.loss_sample_stride)
+            loss = segmentation_loss(scores, labels, sample=cfg.loss_sample, stride=cfg.loss_sample_stride,
+                                     loss=loss_fn)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step} (epoch {epoch + 1}); "
                                          f"lower lr (now {scheduler.get_last_lr()[0]:.3g}) or check the data")
