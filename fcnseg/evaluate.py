@@ -46,7 +46,8 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
         per_image: also score each image on its own (for the report's gallery of the worst images).
 
     Returns:
-        ``pixel_acc``, ``mean_acc``, ``mean_iu``, ``fw_iu``, ``per_class_iu``, ``per_class_acc``,
+        ``pixel_acc``, ``mean_acc``, ``mean_iu``, ``fw_iu``, ``per_class_iu``, ``per_class_acc``, ``mean_dice``,
+        ``mean_precision``, ``mean_recall`` and their ``per_class_*`` lists (``metrics.f_scores``),
         ``class_names``, ``num_images``, ``images_per_s`` and ``confusion`` (a list of lists); with
         ``boundary_width``, ``boundary``: the same scores (without the matrix) on the edge band, and its width.
         with ``per_image``, also ``per_image``: ``index``, ``name``, ``mean_iu``, ``pixel_acc`` of every image.
@@ -121,13 +122,17 @@ def format_table(result: dict) -> str:
 
     names = result["class_names"]
     width = max(12, *(len(n) for n in names))
-    lines = [f"{'class':{width}s}     IU    acc"]
-    for name, iu, acc in zip(names, result["per_class_iu"], result["per_class_acc"]):
-        lines.append(f"{name:{width}s} {pct(iu)} {pct(acc)}")
-    lines.append("-" * (width + 14))
+    n = len(names)
+    dice = result.get("per_class_dice", [None] * n)
+    prec = result.get("per_class_precision", [None] * n)
+    lines = [f"{'class':{width}s}     IU    acc   Dice   prec"]  # acc is the class's recall
+    for name, iu, acc, d, pr in zip(names, result["per_class_iu"], result["per_class_acc"], dice, prec):
+        lines.append(f"{name:{width}s} {pct(iu)} {pct(acc)} {pct(d)} {pct(pr)}")
+    lines.append("-" * (width + 28))
     for key, label in (("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"), ("mean_iu", "mean IU"),
-                       ("fw_iu", "f.w. IU")):
-        lines.append(f"{label:{width}s} {pct(result[key])}")
+                       ("fw_iu", "f.w. IU"), ("mean_dice", "mean Dice"), ("mean_precision", "mean prec")):
+        if key in result:
+            lines.append(f"{label:{width}s} {pct(result[key])}")
     if "boundary" in result:
         b = result["boundary"]
         lines.append(f"{'boundary IU':{width}s} {pct(b['mean_iu'])}  (within {b['width']} px of label edges)")
@@ -149,8 +154,9 @@ def write_report(result: dict, out: str | Path, html: bool = False, palette=None
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    keys = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "per_class_acc", "class_names",
-            "num_images", "images_per_s", "confusion")
+    keys = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "mean_dice", "mean_precision", "mean_recall",
+            "per_class_iu", "per_class_acc", "per_class_dice", "per_class_precision", "per_class_recall",
+            "class_names", "num_images", "images_per_s", "confusion")
     data = {k: result[k] for k in keys if k in result}
     data.update({k: v for k, v in result.items() if k not in keys})
     # NaN (a class that never occurs) is written as null: JSON has no NaN.

@@ -1,5 +1,5 @@
 """Segmentation metrics from one confusion matrix (the paper, section 5): pixel accuracy, mean accuracy,
-mean IU and frequency-weighted IU.
+mean IU and frequency-weighted IU; and Dice (F1), precision and recall per class and their means.
 
 Rows are ground-truth classes, columns predictions. Pixels labelled ``ignore_index`` (255) or any label
 outside ``[0, num_classes)`` are not counted. Per-class scores of classes that never occur (neither in the
@@ -98,4 +98,33 @@ def scores(mat: torch.Tensor) -> dict:
         "fw_iu": float((freq[union > 0] * iu[union > 0]).sum()),
         "per_class_iu": iu.tolist(),
         "per_class_acc": acc.tolist(),
+        **f_scores(h),
     }
+
+
+def f_scores(mat: torch.Tensor) -> dict:
+    """Dice (F1), precision and recall of each class and their means, from a confusion matrix.
+
+    Per class, with ``tp`` its diagonal entry, ``gt`` its row sum and ``pr`` its column sum:
+    ``dice = 2 tp / (gt + pr)``, ``precision = tp / pr`` (0 when the class is in the ground truth but never
+    predicted), ``recall = tp / gt`` (the paper's per-class accuracy). A class's figure is None where it is
+    undefined: Dice and precision for a class neither in the ground truth nor predicted, recall for a class
+    not in the ground truth. Means are over the defined figures; a mean over none is None. No NaN anywhere.
+
+    Returns:
+        ``per_class_dice``, ``per_class_precision``, ``per_class_recall`` (lists of float or None) and
+        ``mean_dice``, ``mean_precision``, ``mean_recall`` (float or None).
+    """
+    h = mat.double().cpu()
+    tp, gt, pr = h.diag(), h.sum(1), h.sum(0)
+    dice = [2 * t / (g + p) if g + p > 0 else None for t, g, p in zip(tp.tolist(), gt.tolist(), pr.tolist())]
+    precision = [(t / p if p > 0 else 0.0) if g + p > 0 else None
+                 for t, g, p in zip(tp.tolist(), gt.tolist(), pr.tolist())]
+    recall = [t / g if g > 0 else None for t, g in zip(tp.tolist(), gt.tolist())]
+
+    def mean(values: list) -> float | None:
+        kept = [v for v in values if v is not None]
+        return sum(kept) / len(kept) if kept else None
+
+    return {"mean_dice": mean(dice), "mean_precision": mean(precision), "mean_recall": mean(recall),
+            "per_class_dice": dice, "per_class_precision": precision, "per_class_recall": recall}

@@ -639,7 +639,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
 
 
 def _brief(result: dict) -> dict:
-    return {k: result[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu")}
+    return {k: result[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "mean_dice",
+                                   "foreground_iu") if k in result}
 
 
 def _progress(main: bool, total: int, initial: int, desc: str):
