@@ -156,7 +156,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
     meta = read_model_metadata(path)
     cfg = meta["model"]
     model = build_model(cfg["arch"], cfg["backbone"], int(cfg["num_classes"]), padding=cfg.get("padding"),
-                        upsampling=cfg.get("upsampling", "paper"), class_names=cfg.get("class_names"))
+                        upsampling=cfg.get("upsampling", "paper"), class_names=cfg.get("class_names"),
+                        task=cfg.get("task", "multiclass"), threshold=float(cfg.get("threshold", 0.5)))
     model.normalize.set(Preprocessing.from_dict(cfg["preprocessing"]))
     if cfg.get("palette"):
         model.palette = [tuple(c) for c in cfg["palette"]]

@@ -133,6 +133,7 @@ class OnnxModel:
         self.class_names = cfg.get("class_names") or [str(i) for i in range(self.num_classes)]
         self.palette = [tuple(c) for c in cfg["palette"]] if cfg.get("palette") else default_palette(self.num_classes)
         self.arch, self.backbone = cfg.get("arch"), cfg.get("backbone")
+        self.task, self.threshold = cfg.get("task", "multiclass"), float(cfg.get("threshold", 0.5))
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,7 +174,8 @@ def verify(model: FCN, path: str | os.PathLike, sizes=VERIFY_SIZES, batch: int =
     """Runs the exported file and the PyTorch model on random images of each size.
 
     Returns one dict per size: ``size``, ``max_abs_diff`` of the scores, ``max_abs_score`` (for scale) and
-    ``label_agreement`` (share of pixels with the same argmax).
+    ``label_agreement`` (share of pixels with the same labels: argmax, or the threshold for binary and
+    multilabel models).
     """
     path = Path(path)
     if path.suffix == ".onnx":
@@ -194,5 +196,5 @@ def verify(model: FCN, path: str | os.PathLike, sizes=VERIFY_SIZES, batch: int =
             raise RuntimeError(f"{path}: output shape {tuple(out.shape)} != PyTorch's {tuple(ref.shape)} at {h}x{w}")
         rows.append({"size": [h, w], "max_abs_diff": float((out - ref).abs().max()),
                      "max_abs_score": float(ref.abs().max()),
-                     "label_agreement": float((out.argmax(1) == ref.argmax(1)).float().mean())})
+                     "label_agreement": float((model.labels(out) == model.labels(ref)).float().mean())})
     return rows

@@ -44,8 +44,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .tasks import TASKS
+
 IGNORE = 255
-TASKS = ("multiclass", "binary", "multilabel")
 # Each loss: the tasks it serves and its options with their defaults.
 LOSSES: dict[str, tuple[tuple[str, ...], dict]] = {
     "ce": (("multiclass",), {}),

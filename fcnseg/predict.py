@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import tasks
 from .checkpoint import atomic_write
 from .data.images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image
 from .data.palettes import label_image, overlay
@@ -98,12 +99,24 @@ def _forward(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def probabilities(model, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
-    """Softmax probabilities ``(N, C, H, W)`` (float32, CPU) of a float batch; ``flip`` averages them with
-    those of the mirrored images (test-time augmentation)."""
-    p = _forward(model, x).float().softmax(1)
+    """Class probabilities ``(N, C, H, W)`` (float32, CPU) of a float batch: softmax, or for a binary model
+    ``[1 - p, p]``, for a multilabel one the K sigmoids (``fcnseg.tasks.probabilities``); ``flip`` averages
+    them with those of the mirrored images (test-time augmentation)."""
+    task = _task(model)[0]
+    p = tasks.probabilities(_forward(model, x), task)
     if flip:
-        p = (p + _forward(model, x.flip(-1)).float().softmax(1).flip(-1)) / 2
+        p = (p + tasks.probabilities(_forward(model, x.flip(-1)), task).flip(-1)) / 2
     return p.cpu()
+
+
+def _task(model) -> tuple[str, float]:
+    return getattr(model, "task", "multiclass"), getattr(model, "threshold", 0.5)
+
+
+def _decide(model, p: torch.Tensor, dim: int) -> torch.Tensor:
+    """Labels from (possibly unnormalised, for multiclass and binary) probabilities along ``dim``."""
+    task, threshold = _task(model)
+    return tasks.decide(p, task, threshold, dim)
 
 
 def _starts(n: int, tile: int, overlap: int) -> list[int]:
@@ -144,7 +157,8 @@ def predict_image(model, image, *, tile: int | None = TILE, overlap: int = OVERL
         return_probs: also return the ``(C, H, W)`` float16 class probabilities.
 
     Returns:
-        ``(labels, probs)``: ``HxW`` labels (uint8 up to 256 classes) and the probabilities or None.
+        ``(labels, probs)``: ``HxW`` labels (uint8 up to 256 classes; a multilabel model's are ``KxHxW``, 0/1
+        per class) and the probabilities or None.
     """
     x = _as_chw(image)
     h0, w0 = x.shape[-2:]
@@ -155,7 +169,7 @@ def predict_image(model, image, *, tile: int | None = TILE, overlap: int = OVERL
         labels, probs = _tiled(model, x, tile, overlap, flip, batch_size, return_probs=True)
         up = F.interpolate(torch.from_numpy(probs.astype(np.float32))[None], size=(h0, w0), mode="bilinear",
                            align_corners=False)[0]
-        return up.argmax(0).numpy().astype(labels.dtype), (up.half().numpy() if return_probs else None)
+        return _decide(model, up, 0).numpy().astype(labels.dtype), (up.half().numpy() if return_probs else None)
     return _tiled(model, x, tile, overlap, flip, batch_size, return_probs)
 
 
@@ -170,7 +184,8 @@ def _tiled(model, x: torch.Tensor, tile: int | None, overlap: int, flip: bool, b
     overlap = max(0, min(overlap, th - 1, tw - 1))
     ys, xs = _starts(h, th, overlap), _starts(w, tw, overlap)
     weight = torch.outer(_ramp(th, overlap if len(ys) > 1 else 0), _ramp(tw, overlap if len(xs) > 1 else 0))
-    labels = np.empty((h, w), _label_dtype(c))
+    multilabel = _task(model)[0] == "multilabel"
+    labels = np.empty((c, h, w) if multilabel else (h, w), _label_dtype(c))
     probs = np.empty((c, h, w), np.float16) if return_probs else None
     # Running sums over the band of rows the current row of windows covers.
     acc, wsum = torch.zeros(c, th, w), torch.zeros(th, w)
@@ -183,10 +198,11 @@ def _tiled(model, x: torch.Tensor, tile: int | None, overlap: int, flip: bool, b
                 acc[:, :, x0:x0 + tw] += p[k] * weight
                 wsum[:, x0:x0 + tw] += weight
         # Rows above the next window row get no more contributions: finish them and slide the band in place
-        # (only the overlap rows move). Dividing by the weights does not change the argmax, so labels skip it.
+        # (only the overlap rows move). Dividing by the weights does not change the argmax (nor the binary
+        # decision, a ratio of the two channels), so labels skip it.
         y1 = ys[i + 1] if i + 1 < len(ys) else h
         n = y1 - y0
-        labels[y0:y1] = acc[:, :n].argmax(0).numpy()
+        labels[..., y0:y1, :] = _decide(model, acc[:, :n] / wsum[:n] if multilabel else acc[:, :n], 0).numpy()
         if probs is not None:
             probs[:, y0:y1] = (acc[:, :n] / wsum[:n]).numpy()
         acc[:, :th - n] = acc[:, n:].clone()
@@ -248,7 +264,7 @@ def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None =
         batch = torch.stack([_float(_as_chw(a)) for _, a in pending])
         with torch.inference_mode():
             p = probabilities(model, batch, flip)
-        labels = p.argmax(1).numpy().astype(_label_dtype(model.num_classes))
+        labels = _decide(model, p, 1).numpy().astype(_label_dtype(model.num_classes))
         dt = (time.perf_counter() - t) / len(pending)
         for k, (f, a) in enumerate(pending):
             yield Prediction(f, a, labels[k], p[k].half().numpy() if return_probs else None, dt)
@@ -290,6 +306,36 @@ def _save_probs(probs: np.ndarray, names: list[str], path: Path) -> None:
             np.savez_compressed(f, probs=probs, class_names=np.array(names))
 
     atomic_write(path, write)
+
+
+def _write_outputs(model, r: Prediction, stem: str, out: Path, save_overlay: bool, save_probs: bool,
+                   alpha: float) -> tuple[list[str], np.ndarray]:
+    """Writes one image's files; returns their names (relative to ``out``) and each class's pixel share.
+
+    Multiclass and binary: ``NAME.png`` (palette PNG of labels) and ``NAME_overlay.jpg``. Multilabel:
+    ``masks/CLASS/NAME.png`` per class (grey PNG, 255 where the class is present, else 0: the layout the
+    multilabel dataset reads) and no overlay (classes may overlap).
+    """
+    if getattr(model, "task", "multiclass") == "multilabel":
+        written = []
+        for k, name in enumerate(model.class_names):
+            name = name if name not in ("", ".", "..") and not {"/", "\\"} & set(name) else str(k)
+            written.append(f"masks/{name}/{stem}.png")
+            (out / "masks" / name).mkdir(parents=True, exist_ok=True)
+            _save_image(Image.fromarray((r.labels[k] > 0).astype(np.uint8) * 255), out / written[-1])
+        shares = r.labels.reshape(r.labels.shape[0], -1).mean(1)
+    else:
+        written = [f"{stem}.png"]
+        _save_image(label_image(r.labels, model.palette), out / written[0])
+        if save_overlay:
+            written.append(f"{stem}_overlay.jpg")
+            _save_image(Image.fromarray(overlay(r.image, r.labels, model.palette, alpha)), out / written[-1],
+                        quality=90)
+        shares = class_shares(r.labels, model.num_classes)
+    if save_probs:
+        written.append(f"{stem}_probs.npz")
+        _save_probs(r.probs, model.class_names, out / written[-1])
+    return written, shares
 
 
 def _unique_stems(files: list[Path]) -> dict[Path, str]:
@@ -343,17 +389,8 @@ def predict_files(model, inputs: list, out: str | os.PathLike, *, save_overlay: 
                 bar.write(f"fcnseg: error: {r.error}", file=sys.stderr)
             continue
         stem = stems[r.path]
-        written = [f"{stem}.png"]
-        _save_image(label_image(r.labels, model.palette), out / written[0])
-        if save_overlay:
-            written.append(f"{stem}_overlay.jpg")
-            _save_image(Image.fromarray(overlay(r.image, r.labels, model.palette, alpha)), out / written[-1],
-                        quality=90)
-        if save_probs:
-            written.append(f"{stem}_probs.npz")
-            _save_probs(r.probs, names, out / written[-1])
-        shares = class_shares(r.labels, model.num_classes)
-        h, w = r.labels.shape
+        written, shares = _write_outputs(model, r, stem, out, save_overlay, save_probs, alpha)
+        h, w = r.labels.shape[-2:]
         results.append({"image": str(r.path), "size": [w, h], "ms": round(1000 * r.seconds, 1), "outputs": written,
                         "shares": {names[k]: round(float(shares[k]), 4) for k in np.argsort(-shares) if shares[k] > 0}})
         if verbose and bar.disable:

@@ -379,16 +379,24 @@ def build(cfg: TrainConfig, class_names: list[str], palette) -> torch.nn.Module:
             state = load_checkpoint(src)
             c = state["config"]
             coarse = build_model(c["arch"], c["backbone"], n, padding=c["padding"], upsampling=c["upsampling"],
-                                 class_names=class_names)
+                                 class_names=class_names, task=c.get("task", "multiclass"),
+                                 threshold=c.get("threshold", 0.5))
             coarse.normalize.set(_preprocessing_of(state))
             coarse.load_state_dict(state["model"])
         if coarse.num_classes != n:
             raise ValueError(f"{src}: model scores {coarse.num_classes} classes, the dataset has {n}")
+        if coarse.task != cfg.task:
+            raise ValueError(f"{src}: a {coarse.task} model, the config asks for task {cfg.task}")
+        coarse.threshold = cfg.threshold
         model = coarse if coarse.arch == cfg.arch else staged_init(coarse, cfg.arch)
         model.class_names = list(class_names)
     else:
+        if cfg.task == "binary" and n != 2:
+            raise ValueError(f"{cfg.root}: task binary needs 2 classes (background, foreground) after the "
+                             f"dataset's mapping (e.g. remap {{255: 1}} in dataset.yaml); it has {n}: {class_names}")
         model = build_model(cfg.arch, cfg.backbone, n, cfg.pretrained_backbone, padding=cfg.padding,
-                            upsampling=cfg.upsampling, class_names=class_names)
+                            upsampling=cfg.upsampling, class_names=class_names, task=cfg.task,
+                            threshold=cfg.threshold)
     model.palette = list(palette)[:n]
     return model
 
@@ -622,8 +630,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                               boundary_width=cfg.boundary_width or None)
             if main:
                 logger.val(step, epoch, result, train_seconds)
-                if result["mean_iu"] > best:
-                    best = result["mean_iu"]
+                score = result.get("foreground_iu" if cfg.task == "binary" else "mean_iu")
+                if score is not None and score > best:
+                    best = score
                     save_model(model, out / "best.safetensors", epoch=epoch, step=step, val=_brief(result),
                                dataset=cfg.dataset, split=cfg.val_split)
         checkpoint(epoch, 0)

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..data.palettes import default_palette
 from ..preprocessing import Normalize, Preprocessing
+from ..tasks import check_task, labels_from_scores, output_channels
 from .geometry import Affine
 from .trunks import STRIDES, build_trunk
 from .upsample import BilinearUpsample
@@ -45,22 +46,27 @@ class FCN(nn.Module):
         upsampling: "paper" (the authors' choice: upsampling inside the skip path learned, the final one
             fixed), "fixed" (all bilinear, frozen), or "learned" (all initialised bilinear and trained).
         class_names: optional names of the classes, kept with the model.
+        task: "multiclass" (softmax over ``num_classes``), "binary" (``num_classes`` 2: background and
+            foreground, scored with one logit) or "multilabel" (``num_classes`` independent sigmoids); see
+            ``fcnseg.tasks``.
+        threshold: binary and multilabel: probability from which a pixel is foreground / has the class.
     """
 
     def __init__(self, trunk: nn.Module, num_classes: int, arch: str = "fcn8s", upsampling: str = "paper",
-                 class_names: list[str] | None = None) -> None:
+                 class_names: list[str] | None = None, *, task: str = "multiclass", threshold: float = 0.5) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
         if upsampling not in UPSAMPLING:
             raise ValueError(f"unknown upsampling {upsampling!r}; valid: {', '.join(UPSAMPLING)}")
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2 (background counts as a class); got {num_classes!r}")
+        _check_num_classes(num_classes, task, threshold)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
         self.arch, self.num_classes, self.upsampling = arch, num_classes, upsampling
+        self.task, self.threshold = task, float(threshold)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.palette = default_palette(num_classes)  # colours for drawing; datasets and saved models set theirs
+        num_classes = output_channels(task, num_classes)  # from here on: channels scored (1 for binary)
         self.normalize = Normalize(trunk.preprocessing)
         self.trunk = trunk
         geometry = dict(zip(STRIDES, trunk.geometry))
@@ -100,7 +106,7 @@ class FCN(nn.Module):
         return {"arch": self.arch, "backbone": self.backbone, "num_classes": self.num_classes,
                 "padding": self.trunk.padding, "upsampling": self.upsampling, "class_names": self.class_names,
                 "palette": [list(map(int, c)) for c in self.palette],
-                "preprocessing": self.preprocessing.to_dict()}
+                "preprocessing": self.preprocessing.to_dict(), "task": self.task, "threshold": self.threshold}
 
     def score_layers(self) -> list[nn.Conv2d]:
         return [self.score_fr] + [getattr(self, SKIP_NAMES[s][0]) for s in self.skips]
@@ -160,13 +166,22 @@ class FCN(nn.Module):
         try:
             if batch:
                 with torch.inference_mode():
-                    return probabilities(self, image, flip=kwargs.get("flip", False)).argmax(1)
+                    from ..tasks import decide
+
+                    return decide(probabilities(self, image, flip=kwargs.get("flip", False)), self.task,
+                                  self.threshold)
             return torch.from_numpy(predict_image(self, image, **kwargs)[0].astype(np.int64))
         finally:
             self.train(was_training)
 
     def extra_repr(self) -> str:
-        return f"arch={self.arch}, num_classes={self.num_classes}, upsampling={self.upsampling}"
+        task = "" if self.task == "multiclass" else f", task={self.task}"
+        return f"arch={self.arch}, num_classes={self.num_classes}, upsampling={self.upsampling}{task}"
+
+    def labels(self, scores: torch.Tensor) -> torch.Tensor:
+        """Labels from this model's scores: ``(N, H, W)`` (multiclass: argmax; binary: 0/1 by the threshold)
+        or ``(N, K, H, W)`` 0/1 (multilabel). See ``fcnseg.tasks``."""
+        return labels_from_scores(scores, self.task, self.threshold)
 
 
 def _aligned_upsample(src: Affine, dst: Affine, channels: int, same: bool, learnable: bool
@@ -187,6 +202,16 @@ def _aligned_upsample(src: Affine, dst: Affine, channels: int, same: bool, learn
         if ((g.offset - dst.offset) / dst.scale).denominator == 1:
             return BilinearUpsample(channels, f, kernel, padding, learnable), g
     raise ValueError(f"no bilinear kernel for stride {f} aligns grid {src} with {dst}")
+
+
+def _check_num_classes(num_classes, task: str, threshold: float) -> None:
+    check_task(task, threshold)
+    if task == "binary" and num_classes != 2:
+        raise ValueError(f"a binary model has 2 classes (background, foreground); got num_classes {num_classes!r}")
+    low = 1 if task == "multilabel" else 2
+    if not isinstance(num_classes, int) or num_classes < low:
+        raise ValueError(f"num_classes must be an integer >= {low}"
+                         f"{' (background counts as a class)' if low == 2 else ''}; got {num_classes!r}")
 
 
 def _check_input(x: torch.Tensor) -> None:
@@ -223,7 +248,7 @@ def to_tensor(image) -> torch.Tensor:
 
 def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=None, *,
                 padding: str | None = None, upsampling: str = "paper",
-                class_names: list[str] | None = None) -> FCN:
+                class_names: list[str] | None = None, task: str = "multiclass", threshold: float = 0.5) -> FCN:
     """Builds an FCN.
 
     Args:
@@ -237,17 +262,17 @@ def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=
         padding: "paper" (vgg16/alexnet only: conv1 padding 100 and crops, the default there) or "same".
         upsampling: "paper", "fixed" or "learned" (see ``FCN``).
         class_names: optional class names (length ``num_classes``).
+        task, threshold: see ``FCN`` ("multiclass", "binary" or "multilabel"; 0.5).
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2 (background counts as a class); got {num_classes!r}")
+    _check_num_classes(num_classes, task, threshold)
     trunk = build_trunk(backbone, padding)
     if pretrained_backbone is not None:
         from .weights import load_backbone_weights
 
         load_backbone_weights(trunk, backbone, pretrained_backbone)
-    return FCN(trunk, num_classes, arch, upsampling, class_names)
+    return FCN(trunk, num_classes, arch, upsampling, class_names, task=task, threshold=threshold)
 
 
 def staged_init(coarse: FCN, arch: str | None = None) -> FCN:
@@ -269,7 +294,8 @@ def staged_init(coarse: FCN, arch: str | None = None) -> FCN:
         raise ValueError(f"cannot grow a {coarse.arch} into {arch!r}")
     import copy
 
-    fine = FCN(copy.deepcopy(coarse.trunk), coarse.num_classes, arch, coarse.upsampling, coarse.class_names)
+    fine = FCN(copy.deepcopy(coarse.trunk), coarse.num_classes, arch, coarse.upsampling, coarse.class_names,
+               task=coarse.task, threshold=coarse.threshold)
     fine.normalize.set(coarse.preprocessing)
     kept = {k: v for k, v in coarse.state_dict().items() if not k.startswith(coarse.final_name + ".")}
     missing, unexpected = fine.load_state_dict(kept, strict=False)
