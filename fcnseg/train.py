@@ -41,7 +41,7 @@ from .checkpoint import (
     save_model,
     stale_temp_files,
 )
-from .data import build_dataset, eval_transforms, pad_collate, train_transforms
+from .data import MultilabelDataset, build_dataset, eval_transforms, pad_collate, train_transforms
 from .data.transforms import seeded
 from .evaluate import evaluate, format_table, write_report
 from .losses import TASKS, build_loss, parse_loss, segmentation_loss
@@ -487,6 +487,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     aug = train_transforms(tuple(cfg.scale) if cfg.scale else None, tuple(cfg.crop) if cfg.crop else None,
                            cfg.flip, cfg.color_jitter, resize=resize)
     train_ds = build_dataset(cfg.dataset, cfg.root, cfg.train_split, **opts)
+    if (cfg.task == "multilabel") != isinstance(train_ds, MultilabelDataset):
+        raise ValueError(f"{cfg.root}: task {cfg.task} with dataset {cfg.dataset!r}; multilabel training reads "
+                         "one mask folder per class (dataset: multilabel), and only it")
     problems = train_ds.check(skip_bad=cfg.skip_bad)
     val_ds = None
     if cfg.val_split:
