@@ -203,3 +203,30 @@ def test_multilabel_task_trains_evaluates_and_writes_class_masks(tmp_path):
         expect = (torch.sigmoid(model(image[None]))[0, 2] >= 0.5).numpy()
     got = np.array(Image.open(tmp_path / "pred" / "masks" / "left" / f"{val.samples[0].name}.png")) == 255
     assert (got == expect).mean() > 0.999
+
+
+def test_serve_answers_binary_models_and_refuses_multilabel_ones(tmp_path):
+    import io
+
+    import fcnseg
+    from fcnseg.checkpoint import save_model
+    from fcnseg.serve import load_models, segment
+
+    torch.manual_seed(0)
+    binary = fcnseg.build_model("fcn32s", "mobilenet_v3_large", 2, task="binary", threshold=0.3)
+    torch.nn.init.normal_(binary.score_fr.weight, std=0.5)
+    binary.eval()
+    save_model(binary, tmp_path / "bin.safetensors")
+    model = load_models([str(tmp_path / "bin.safetensors")], device="cpu")["bin"]
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    out = segment(model, buf.getvalue(), "x.png", 10**8, False, None)
+    labels = np.array(Image.open(io.BytesIO(out["png"])))
+    with torch.no_grad():
+        expect = (torch.sigmoid(binary(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255))[0, 0] >= 0.3)
+    assert 0 < expect.float().mean() < 1, "the test model should predict both classes"
+    assert (labels == expect.numpy()).mean() > 0.999 and len(out["shares"]) == 2
+    save_model(fcnseg.build_model("fcn32s", "mobilenet_v3_large", 3, task="multilabel"), tmp_path / "ml.safetensors")
+    with pytest.raises(ValueError, match="ml.safetensors: a multilabel model"):
+        load_models([str(tmp_path / "ml.safetensors")], device="cpu")

@@ -315,6 +315,9 @@ def load_models(specs: list[str], device: str = "auto") -> dict[str, object]:
         spec = str(spec)
         backend = "onnxruntime" if spec.endswith(".onnx") else "torch"
         model = _load_for_inference(spec, backend, device)
+        if getattr(model, "task", "multiclass") == "multilabel":
+            raise ValueError(f"{spec}: a multilabel model (one mask per class); serve answers with one label map "
+                             "per image, so it serves multiclass and binary models only (use fcnseg predict)")
         name = Path(spec).stem if spec.endswith((".safetensors", ".onnx")) else spec
         base, k = name, 1
         while name in models:
