@@ -157,8 +157,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
     cfg = meta["model"]
     model = build_model(cfg["arch"], cfg["backbone"], int(cfg["num_classes"]), padding=cfg.get("padding"),
                         upsampling=cfg.get("upsampling", "paper"), class_names=cfg.get("class_names"),
-                        task=cfg.get("task", "multiclass"), threshold=float(cfg.get("threshold", 0.5)))
-    model.normalize.set(Preprocessing.from_dict(cfg["preprocessing"]))
+                        task=cfg.get("task", "multiclass"), threshold=float(cfg.get("threshold", 0.5)),
+                        in_channels=int(cfg.get("in_channels", 3)))
+    pre = Preprocessing.from_dict(cfg["preprocessing"])
+    if len(pre.mean) != model.in_channels:
+        raise ValueError(f"{path}: preprocessing has {len(pre.mean)} channels, the model reads {model.in_channels}")
+    model.normalize.set(pre)
     if cfg.get("palette"):
         model.palette = [tuple(c) for c in cfg["palette"]]
     try:

@@ -58,6 +58,8 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     if dataset.num_classes != net.num_classes:
         raise ValueError(f"{dataset.name} has {dataset.num_classes} classes but the model scores {net.num_classes}")
     task = getattr(net, "task", "multiclass")
+    if hasattr(dataset, "channels"):  # images are read with as many channels as the model takes
+        dataset.channels = getattr(net, "in_channels", 3)
     if task == "multilabel" and (boundary_width or per_image or pred_dir is not None):
         raise ValueError("multilabel evaluation scores per-class masks: boundary_width, per_image and pred_dir "
                          "are for multiclass and binary models")

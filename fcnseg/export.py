@@ -52,7 +52,7 @@ def export_onnx(model: FCN, path: str | os.PathLike, opset: int = 17) -> Path:
     import onnx
 
     m = _traceable(model)
-    x = torch.rand(1, 3, *TRACE_SIZE)
+    x = torch.rand(1, model.in_channels, *TRACE_SIZE)
     dynamic = {0: "batch", 2: "height", 3: "width"}
 
     def write(tmp: str) -> None:
@@ -81,7 +81,7 @@ def export_torchscript(model: FCN, path: str | os.PathLike) -> Path:
     m = _traceable(model)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        traced = torch.jit.freeze(torch.jit.trace(m, torch.rand(1, 3, *TRACE_SIZE)))
+        traced = torch.jit.freeze(torch.jit.trace(m, torch.rand(1, model.in_channels, *TRACE_SIZE)))
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
@@ -134,10 +134,11 @@ class OnnxModel:
         self.palette = [tuple(c) for c in cfg["palette"]] if cfg.get("palette") else default_palette(self.num_classes)
         self.arch, self.backbone = cfg.get("arch"), cfg.get("backbone")
         self.task, self.threshold = cfg.get("task", "multiclass"), float(cfg.get("threshold", 0.5))
+        self.in_channels = int(cfg.get("in_channels", 3))
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x)
+        _check_input(x, self.in_channels)
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
 
@@ -188,7 +189,7 @@ def verify(model: FCN, path: str | os.PathLike, sizes=VERIFY_SIZES, batch: int =
     gen = torch.Generator().manual_seed(0)
     rows = []
     for h, w in sizes:
-        x = torch.rand(batch, 3, h, w, generator=gen)
+        x = torch.rand(batch, model.in_channels, h, w, generator=gen)
         with torch.inference_mode():
             ref = ref_model(x)
             out = run(x)

@@ -54,31 +54,37 @@ def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
-    """An ``HxWx3`` uint8 RGB array, upright per EXIF; see ``fcnseg.data.images.decode_image``."""
-    return decode_image(path, max_pixels=max_pixels, exif=True)
+def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS, channels: int = 3) -> np.ndarray:
+    """An ``HxWx3`` uint8 RGB array (``HxWxC`` for other ``channels``), upright per EXIF; see
+    ``fcnseg.data.images.decode_image``."""
+    return decode_image(path, max_pixels=max_pixels, exif=True, channels=channels)
 
 
-def _as_chw(image) -> torch.Tensor:
-    """A ``(3, H, W)`` tensor, uint8 (0..255) or float (0..1), from a path, PIL image, array or tensor."""
+def _as_chw(image, channels: int = 3) -> torch.Tensor:
+    """A ``(3, H, W)`` tensor (``(channels, H, W)``), uint8 (0..255) or float (0..1), from a path, PIL image,
+    array or tensor. For 3 channels grey arrays are repeated and a 4th (alpha) dropped; otherwise an array
+    must have ``channels`` channels (a 2-D array is one channel)."""
     if isinstance(image, (str, os.PathLike)):
-        image = read_image(image)
+        image = read_image(image, channels=channels)
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = np.asarray(image.convert({1: "L", 4: "RGBA"}.get(channels, "RGB")))
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            image = image[:, :, None] if channels == 1 else np.repeat(image[:, :, None], 3, axis=2)
+        if channels != 3:
+            if image.ndim != 3 or image.shape[2] != channels:
+                raise ValueError(f"expected an HxWx{channels} image array; got shape {image.shape}")
+        elif image.ndim != 3 or image.shape[2] not in (3, 4):
             raise ValueError(f"expected an HxWx3 image array; got shape {image.shape}")
-        image = image[:, :, :3]
+        image = image[:, :, :3] if channels == 3 else image
         if image.dtype == np.uint16:
             image = (image.astype(np.float32) / 65535.0 * 255.0).round().astype(np.uint8)
         if image.dtype != np.uint8:
             return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     if isinstance(image, torch.Tensor):
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"expected a (3, H, W) image tensor; got shape {tuple(image.shape)}")
+        if image.dim() != 3 or image.shape[0] != channels:
+            raise ValueError(f"expected a ({channels}, H, W) image tensor; got shape {tuple(image.shape)}")
         return image if image.dtype == torch.uint8 or image.is_floating_point() else image.float() / 255.0
     raise TypeError(f"cannot read an image from {type(image).__name__}")
 
@@ -160,7 +166,7 @@ def predict_image(model, image, *, tile: int | None = TILE, overlap: int = OVERL
         ``(labels, probs)``: ``HxW`` labels (uint8 up to 256 classes; a multilabel model's are ``KxHxW``, 0/1
         per class) and the probabilities or None.
     """
-    x = _as_chw(image)
+    x = _as_chw(image, getattr(model, "in_channels", 3))
     h0, w0 = x.shape[-2:]
     if max_size and max(h0, w0) > max_size:
         s = max_size / max(h0, w0)
@@ -224,11 +230,12 @@ class Prediction:
     error: str | None = None
 
 
-def _read_ahead(files: list[Path], max_pixels: int | None, depth: int = 2) -> Iterator[tuple[Path, object]]:
+def _read_ahead(files: list[Path], max_pixels: int | None, depth: int = 2,
+                channels: int = 3) -> Iterator[tuple[Path, object]]:
     # Decode the next images on a thread while the model runs (Pillow releases the GIL while decoding).
     def read(f: Path):
         try:
-            return read_image(f, max_pixels)
+            return read_image(f, max_pixels, channels)
         except (ImageError, FileNotFoundError, OSError) as e:
             return e
 
@@ -256,12 +263,13 @@ def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None =
     kw = dict(tile=tile, overlap=overlap, flip=flip, batch_size=batch_size, max_size=max_size,
               return_probs=return_probs)
     pending: list[tuple[Path, np.ndarray]] = []
+    channels = getattr(model, "in_channels", 3)
 
     def flush() -> Iterator[Prediction]:
         if not pending:
             return
         t = time.perf_counter()
-        batch = torch.stack([_float(_as_chw(a)) for _, a in pending])
+        batch = torch.stack([_float(_as_chw(a, channels)) for _, a in pending])
         with torch.inference_mode():
             p = probabilities(model, batch, flip)
         labels = _decide(model, p, 1).numpy().astype(_label_dtype(model.num_classes))
@@ -270,7 +278,7 @@ def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None =
             yield Prediction(f, a, labels[k], p[k].half().numpy() if return_probs else None, dt)
         pending.clear()
 
-    for f, image in _read_ahead(collect_images(inputs), max_pixels):
+    for f, image in _read_ahead(collect_images(inputs), max_pixels, channels=channels):
         if isinstance(image, Exception):
             yield from flush()
             yield Prediction(f, error=str(image))
@@ -380,7 +388,8 @@ def predict_files(model, inputs: list, out: str | os.PathLike, *, save_overlay: 
     results, errors = [], []
     bar = tqdm(total=len(files), unit="img", disable=not (sys.stderr.isatty() if progress is None else progress))
     with torch.inference_mode():
-        probabilities(model, torch.rand(1, 3, 64, 64))  # warm-up, so the first timing is not the allocator's
+        # warm-up, so the first timing is not the allocator's
+        probabilities(model, torch.rand(1, getattr(model, "in_channels", 3), 64, 64))
     for r in predict_iter(model, files, return_probs=save_probs, **kw):
         bar.update(1)
         if r.error:

@@ -114,6 +114,9 @@ class TrainConfig:
     task: str = "multiclass"
     loss: str | dict | None = None
     threshold: float = 0.5
+    in_channels: int = 3
+    channel_mean: list | None = None
+    channel_std: list | None = None
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool = False
@@ -222,6 +225,8 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
         (cfg.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}"),
         (0 < cfg.threshold < 1, f"threshold must be in (0, 1), got {cfg.threshold}"),
+        (cfg.in_channels in (1, 3, 4), f"in_channels must be 1, 3 or 4 for image files, got {cfg.in_channels}"),
+        (cfg.in_channels == 3 or not cfg.color_jitter, "color_jitter needs 3-channel (RGB) images"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -380,13 +385,14 @@ def build(cfg: TrainConfig, class_names: list[str], palette) -> torch.nn.Module:
             c = state["config"]
             coarse = build_model(c["arch"], c["backbone"], n, padding=c["padding"], upsampling=c["upsampling"],
                                  class_names=class_names, task=c.get("task", "multiclass"),
-                                 threshold=c.get("threshold", 0.5))
+                                 threshold=c.get("threshold", 0.5), in_channels=c.get("in_channels", 3))
             coarse.normalize.set(_preprocessing_of(state))
             coarse.load_state_dict(state["model"])
         if coarse.num_classes != n:
             raise ValueError(f"{src}: model scores {coarse.num_classes} classes, the dataset has {n}")
-        if coarse.task != cfg.task:
-            raise ValueError(f"{src}: a {coarse.task} model, the config asks for task {cfg.task}")
+        if coarse.task != cfg.task or coarse.in_channels != cfg.in_channels:
+            raise ValueError(f"{src}: a {coarse.task} model of {coarse.in_channels} input channels, the config asks "
+                             f"for task {cfg.task} and in_channels {cfg.in_channels}")
         coarse.threshold = cfg.threshold
         model = coarse if coarse.arch == cfg.arch else staged_init(coarse, cfg.arch)
         model.class_names = list(class_names)
@@ -396,7 +402,8 @@ def build(cfg: TrainConfig, class_names: list[str], palette) -> torch.nn.Module:
                              f"dataset's mapping (e.g. remap {{255: 1}} in dataset.yaml); it has {n}: {class_names}")
         model = build_model(cfg.arch, cfg.backbone, n, cfg.pretrained_backbone, padding=cfg.padding,
                             upsampling=cfg.upsampling, class_names=class_names, task=cfg.task,
-                            threshold=cfg.threshold)
+                            threshold=cfg.threshold, in_channels=cfg.in_channels, channel_mean=cfg.channel_mean,
+                            channel_std=cfg.channel_std)
     model.palette = list(palette)[:n]
     return model
 
@@ -487,6 +494,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     aug = train_transforms(tuple(cfg.scale) if cfg.scale else None, tuple(cfg.crop) if cfg.crop else None,
                            cfg.flip, cfg.color_jitter, resize=resize)
     train_ds = build_dataset(cfg.dataset, cfg.root, cfg.train_split, **opts)
+    train_ds.channels = cfg.in_channels
     if (cfg.task == "multilabel") != isinstance(train_ds, MultilabelDataset):
         raise ValueError(f"{cfg.root}: task {cfg.task} with dataset {cfg.dataset!r}; multilabel training reads "
                          "one mask folder per class (dataset: multilabel), and only it")
@@ -494,6 +502,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     val_ds = None
     if cfg.val_split:
         val_ds = build_dataset(cfg.dataset, cfg.root, cfg.val_split, transforms=eval_transforms(resize), **opts)
+        val_ds.channels = cfg.in_channels
         problems += val_ds.check(skip_bad=cfg.skip_bad)
     if main:
         for p in problems:

@@ -49,6 +49,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         name: a short name for messages.
         transforms: called as ``transforms(image, mask)`` on tensors (see ``fcnseg.data.transforms``);
             ``None`` gives the image as a float ``(3, H, W)`` tensor in [0, 1] and the labels as int64.
+        channels: image channels read (3 RGB; 1 grey; 4 for 4-band files such as RGB-NIR), see
+            ``images.decode_image``; training sets it from ``in_channels``.
     """
 
     samples: list[Sample]
@@ -59,6 +61,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     void_colours: list[tuple[int, int, int]] = field(default_factory=list)
     name: str = "dataset"
     transforms: Callable | None = None
+    channels: int = 3
 
     def __post_init__(self) -> None:
         if self.mask_format not in ("index", "rgb", "mat"):
@@ -82,7 +85,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         path = self.samples[i].image
         try:
             # No EXIF rotation: masks carry none, and image and mask must stay aligned.
-            return decode_image(path, exif=False)
+            return decode_image(path, exif=False, channels=self.channels)
         except FileNotFoundError:
             raise DatasetError(f"{path}: image file is missing") from None
         except ImageError as e:

@@ -64,6 +64,7 @@ class FCN(nn.Module):
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
         self.arch, self.num_classes, self.upsampling = arch, num_classes, upsampling
         self.task, self.threshold = task, float(threshold)
+        self.in_channels = getattr(trunk, "in_channels", 3)  # see channels.adapt_input_channels
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.palette = default_palette(num_classes)  # colours for drawing; datasets and saved models set theirs
         num_classes = output_channels(task, num_classes)  # from here on: channels scored (1 for binary)
@@ -106,7 +107,8 @@ class FCN(nn.Module):
         return {"arch": self.arch, "backbone": self.backbone, "num_classes": self.num_classes,
                 "padding": self.trunk.padding, "upsampling": self.upsampling, "class_names": self.class_names,
                 "palette": [list(map(int, c)) for c in self.palette],
-                "preprocessing": self.preprocessing.to_dict(), "task": self.task, "threshold": self.threshold}
+                "preprocessing": self.preprocessing.to_dict(), "task": self.task, "threshold": self.threshold,
+                "in_channels": self.in_channels}
 
     def score_layers(self) -> list[nn.Conv2d]:
         return [self.score_fr] + [getattr(self, SKIP_NAMES[s][0]) for s in self.skips]
@@ -123,7 +125,7 @@ class FCN(nn.Module):
             up.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x)
+        _check_input(x, self.in_channels)
         height, width = x.shape[-2], x.shape[-1]
         feats = dict(zip(STRIDES, self.trunk(self.normalize(x))))
         score = self.score_fr(feats[32])
@@ -214,11 +216,12 @@ def _check_num_classes(num_classes, task: str, threshold: float) -> None:
                          f"{' (background counts as a class)' if low == 2 else ''}; got {num_classes!r}")
 
 
-def _check_input(x: torch.Tensor) -> None:
+def _check_input(x: torch.Tensor, channels: int = 3) -> None:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor of shape (N, 3, H, W); got {type(x).__name__}")
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected an RGB batch of shape (N, 3, H, W); got shape {tuple(x.shape)}")
+        raise TypeError(f"expected a torch.Tensor of shape (N, {channels}, H, W); got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != channels:
+        kind = "an RGB batch" if channels == 3 else f"a {channels}-channel batch"
+        raise ValueError(f"expected {kind} of shape (N, {channels}, H, W); got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"expected a float tensor with values in [0, 1]; got dtype {x.dtype}")
 
@@ -248,7 +251,8 @@ def to_tensor(image) -> torch.Tensor:
 
 def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=None, *,
                 padding: str | None = None, upsampling: str = "paper",
-                class_names: list[str] | None = None, task: str = "multiclass", threshold: float = 0.5) -> FCN:
+                class_names: list[str] | None = None, task: str = "multiclass", threshold: float = 0.5,
+                in_channels: int = 3, channel_mean=None, channel_std=None) -> FCN:
     """Builds an FCN.
 
     Args:
@@ -263,6 +267,10 @@ def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=
         upsampling: "paper", "fixed" or "learned" (see ``FCN``).
         class_names: optional class names (length ``num_classes``).
         task, threshold: see ``FCN`` ("multiclass", "binary" or "multilabel"; 0.5).
+        in_channels: image channels (1 grey, 3 RGB, 4 RGB-NIR, any N): the first convolution is adapted from
+            the (pretrained) RGB weights by ``timm.models.adapt_input_conv`` (see ``fcnseg.models.channels``).
+        channel_mean, channel_std: per-channel preprocessing for ``in_channels`` channels (default: derived
+            from the weights' RGB statistics), in the [0, 1] range of the input (times the weights' scale).
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
@@ -272,6 +280,10 @@ def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=
         from .weights import load_backbone_weights
 
         load_backbone_weights(trunk, backbone, pretrained_backbone)
+    if in_channels != 3 or channel_mean is not None or channel_std is not None:
+        from .channels import adapt_input_channels
+
+        adapt_input_channels(trunk, in_channels, channel_mean, channel_std)
     return FCN(trunk, num_classes, arch, upsampling, class_names, task=task, threshold=threshold)
 
 
