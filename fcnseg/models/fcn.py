@@ -159,7 +159,8 @@ class FCN(nn.Module):
                 large images), ``overlap``, ``flip`` (test-time augmentation), ``max_size``, ``batch_size``.
 
         Returns:
-            ``(H, W)`` int64 labels (``(N, H, W)`` for a batch), on the CPU.
+            ``(H, W)`` int64 labels (``(N, H, W)`` for a batch), on the CPU: class indices, 0/1 for a binary
+            model; a multilabel model gives ``(K, H, W)`` (``(N, K, H, W)``) 0/1 per class.
         """
         from ..predict import predict_image, probabilities
 
