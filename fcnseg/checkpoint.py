@@ -155,10 +155,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
 
     meta = read_model_metadata(path)
     cfg = meta["model"]
+    # Files without an alignment entry were written by fcnseg 0.1, whose head was built for nominal geometry.
     model = build_model(cfg["arch"], cfg["backbone"], int(cfg["num_classes"]), padding=cfg.get("padding"),
                         upsampling=cfg.get("upsampling", "paper"), class_names=cfg.get("class_names"),
-                        task=cfg.get("task", "multiclass"), threshold=float(cfg.get("threshold", 0.5)),
-                        in_channels=int(cfg.get("in_channels", 3)))
+                        alignment=cfg.get("alignment", "legacy"), task=cfg.get("task", "multiclass"),
+                        threshold=float(cfg.get("threshold", 0.5)), in_channels=int(cfg.get("in_channels", 3)))
     pre = Preprocessing.from_dict(cfg["preprocessing"])
     if len(pre.mean) != model.in_channels:
         raise ValueError(f"{path}: preprocessing has {len(pre.mean)} channels, the model reads {model.in_channels}")

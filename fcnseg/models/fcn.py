@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.palettes import default_palette
 from ..preprocessing import Normalize, Preprocessing
 from ..tasks import check_task, labels_from_scores, output_channels
-from .geometry import Affine
+from .geometry import Affine, nominal
 from .trunks import STRIDES, build_trunk
 from .upsample import BilinearUpsample
 
@@ -31,13 +32,16 @@ SKIP_NAMES = {16: ("score_pool4", "upscore2"), 8: ("score_pool3", "upscore_pool4
 # the finer skips start small relative to the stride-32 scores.
 ATONCE_SCALES = {16: 0.01, 8: 0.0001}
 UPSAMPLING = ("paper", "fixed", "learned")
+ALIGNMENTS = ("exact", "legacy")
 
 
 class FCN(nn.Module):
     """A fully convolutional network: trunk, 1x1 score layers, bilinear-initialised upsampling and crops.
 
     ``forward`` takes RGB images as a float tensor ``(N, 3, H, W)`` in [0, 1] and returns class scores
-    ``(N, num_classes, H, W)``; normalisation for the trunk's weights happens inside.
+    ``(N, num_classes, H, W)``; normalisation for the trunk's weights happens inside. Output pixel (i, j) is
+    centred on input pixel (i, j) at every H and W: every upsampling kernel and crop is computed from the
+    trunk's exact geometry (``trunks.trunk_geometry``), which is the same at every input size.
 
     Args:
         trunk: a trunk from ``trunks.py`` (returns stride-8, -16 and -32 features and knows their geometry).
@@ -46,23 +50,30 @@ class FCN(nn.Module):
         upsampling: "paper" (the authors' choice: upsampling inside the skip path learned, the final one
             fixed), "fixed" (all bilinear, frozen), or "learned" (all initialised bilinear and trained).
         class_names: optional names of the classes, kept with the model.
+        alignment: "exact" (the above), or "legacy": the head of models saved by fcnseg 0.1, which took the
+            "same"-padded trunks' cells to sit at their nominal place (``geometry.nominal``, off by up to half
+            a stride); such models get inputs padded to a multiple of 32, the sizes they were trained on, so
+            their outputs no longer move with the input size.
         task: "multiclass" (softmax over ``num_classes``), "binary" (``num_classes`` 2: background and
             foreground, scored with one logit) or "multilabel" (``num_classes`` independent sigmoids); see
             ``fcnseg.tasks``.
         threshold: binary and multilabel: probability from which a pixel is foreground / has the class.
+
+    Raises:
+        ValueError: an unknown ``arch``, ``upsampling``, ``alignment`` or ``task``, or a bad ``num_classes``.
     """
 
     def __init__(self, trunk: nn.Module, num_classes: int, arch: str = "fcn8s", upsampling: str = "paper",
-                 class_names: list[str] | None = None, *, task: str = "multiclass", threshold: float = 0.5) -> None:
+                 class_names: list[str] | None = None, alignment: str = "exact", *, task: str = "multiclass",
+                 threshold: float = 0.5) -> None:
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
-        if upsampling not in UPSAMPLING:
-            raise ValueError(f"unknown upsampling {upsampling!r}; valid: {', '.join(UPSAMPLING)}")
+        _check_choice("arch", arch, ARCHS)
+        _check_choice("upsampling", upsampling, UPSAMPLING)
+        _check_choice("alignment", alignment, ALIGNMENTS)
         _check_num_classes(num_classes, task, threshold)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
-        self.arch, self.num_classes, self.upsampling = arch, num_classes, upsampling
+        self.arch, self.num_classes, self.upsampling, self.alignment = arch, num_classes, upsampling, alignment
         self.task, self.threshold = task, float(threshold)
         self.in_channels = getattr(trunk, "in_channels", 3)  # see channels.adapt_input_channels
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -70,9 +81,18 @@ class FCN(nn.Module):
         num_classes = output_channels(task, num_classes)  # from here on: channels scored (1 for binary)
         self.normalize = Normalize(trunk.preprocessing)
         self.trunk = trunk
-        geometry = dict(zip(STRIDES, trunk.geometry))
         channels = dict(zip(STRIDES, trunk.channels))
-        same = trunk.padding == "same"
+        if trunk.padding == "tf" and alignment != "legacy":
+            raise ValueError("padding 'tf' (TensorFlow's size-dependent 'same' padding) has no fixed geometry; "
+                             "it is kept for alignment='legacy' models only: use padding='same'")
+        mode = "paper" if trunk.padding == "paper" else "legacy" if alignment == "legacy" else "same"
+        geometry = dict(zip(STRIDES, trunk.geometry))
+        if mode == "legacy":
+            geometry = {s: nominal(s) for s in STRIDES}
+        # "same" maps end at the image border, so the score map is extended by one edge cell on each side
+        # before each upsampling: the first and last pixels are interpolated, never faded towards zero.
+        self.edge = 1 if mode == "same" else 0
+        self.input_multiple = max(STRIDES) if mode == "legacy" else 1
 
         self.score_fr = nn.Conv2d(channels[32], num_classes, 1)
         self.skips = SKIPS[arch]
@@ -82,15 +102,18 @@ class FCN(nn.Module):
         for stride in self.skips:
             score_name, up_name = SKIP_NAMES[stride]
             setattr(self, score_name, nn.Conv2d(channels[stride], num_classes, 1))
-            up, g = _aligned_upsample(g, geometry[stride], num_classes, same, learnable=upsampling != "fixed")
+            up, g = _aligned_upsample(g, geometry[stride], num_classes, mode, learnable=upsampling != "fixed")
             setattr(self, up_name, up)
-            # Offset of the upsampled map's first cell on the skip's grid: the skip is cropped from there.
+            # Cells between the upsampled map's first cell and the skip's first: the skip is cropped by as many
+            # (paper padding: the skip is the larger map); negative, the upsampled map is.
             self.skip_crops.append(g.cells_from(geometry[stride]))
+            if self.skip_crops[-1] < 0:
+                g = geometry[stride]  # the fused map is the skip's cells
         self.final_name = "upscore" if not self.skips else f"upscore{int(g.scale)}"
-        up, g = _aligned_upsample(g, Affine(), num_classes, same, learnable=upsampling == "learned")
+        up, g = _aligned_upsample(g, Affine(), num_classes, mode, learnable=upsampling == "learned")
         setattr(self, self.final_name, up)
         self.final_crop = Affine().cells_from(g)  # where image pixel 0 falls in the last upsampled map
-        if any(c < 0 for c in self.skip_crops) or self.final_crop < 0:
+        if (mode != "same" and any(c < 0 for c in self.skip_crops)) or self.final_crop < 0:
             raise ValueError(f"trunk geometry gives negative crops {self.skip_crops}, {self.final_crop}")
         self.reset_head()
 
@@ -105,7 +128,8 @@ class FCN(nn.Module):
     def config(self) -> dict:
         """What it takes to rebuild this model (without weights): stored with saved models."""
         return {"arch": self.arch, "backbone": self.backbone, "num_classes": self.num_classes,
-                "padding": self.trunk.padding, "upsampling": self.upsampling, "class_names": self.class_names,
+                "padding": self.trunk.padding, "upsampling": self.upsampling, "alignment": self.alignment,
+                "class_names": self.class_names,
                 "palette": [list(map(int, c)) for c in self.palette],
                 "preprocessing": self.preprocessing.to_dict(), "task": self.task, "threshold": self.threshold,
                 "in_channels": self.in_channels}
@@ -127,25 +151,26 @@ class FCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_channels)
         height, width = x.shape[-2], x.shape[-1]
+        top = left = 0
+        if self.input_multiple > 1:
+            x, top, left = _pad_to_multiple(x, self.input_multiple)
         feats = dict(zip(STRIDES, self.trunk(self.normalize(x))))
         score = self.score_fr(feats[32])
         for stride, scale, crop in zip(self.skips, self.skip_scales, self.skip_crops):
             score_name, up_name = SKIP_NAMES[stride]
-            up = getattr(self, up_name)(score)
+            up = getattr(self, up_name)(self._extend(score))
             feat = feats[stride] * scale if scale != 1.0 else feats[stride]
             skip = getattr(self, score_name)(feat)
-            # Fuse where both maps have cells: the authors crop the skip to the upsampled map ("paper"
-            # padding); with "same" padding the upsampled map is the larger one and is cut to the skip.
-            # Slices clamp at the end, so both cuts are written out and no size is computed in Python:
-            # that keeps height and width symbolic when the model is traced for ONNX export.
-            up = up[:, :, :skip.shape[-2] - crop, :skip.shape[-1] - crop]
-            score = up + skip[:, :, crop:crop + up.shape[-2], crop:crop + up.shape[-1]]
-        out = getattr(self, self.final_name)(score)
+            score = _fuse(up, skip, crop)
+        out = getattr(self, self.final_name)(self._extend(score))
         c = self.final_crop
-        if not torch.jit.is_tracing() and (out.shape[-2] < c + height or out.shape[-1] < c + width):
+        if not torch.jit.is_tracing() and (out.shape[-2] < c + top + height or out.shape[-1] < c + left + width):
             raise RuntimeError(f"upsampled scores {tuple(out.shape[-2:])} do not cover the {height}x{width} "
                                f"input after the crop of {c}")
-        return out[:, :, c:c + height, c:c + width]
+        return out[:, :, c + top:c + top + height, c + left:c + left + width]
+
+    def _extend(self, score: torch.Tensor) -> torch.Tensor:
+        return F.pad(score, (self.edge,) * 4, mode="replicate") if self.edge else score
 
     def predict(self, image, batch: bool = False, **kwargs) -> torch.Tensor:
         """Label map(s) at the input's size.
@@ -187,24 +212,55 @@ class FCN(nn.Module):
         return labels_from_scores(scores, self.task, self.threshold)
 
 
-def _aligned_upsample(src: Affine, dst: Affine, channels: int, same: bool, learnable: bool
+def _aligned_upsample(src: Affine, dst: Affine, channels: int, mode: str, learnable: bool
                       ) -> tuple[BilinearUpsample, Affine]:
-    """An upsampling layer from grid ``src`` to the scale of grid ``dst`` whose cells land on ``dst``'s cells.
+    """An upsampling layer from grid ``src`` to the scale of grid ``dst`` whose cells land on ``dst``'s cells,
+    and the grid of its output.
 
-    With "same" padding the kernel is 2f with padding f/2 (cells land exactly on ``dst``'s). With the
-    paper's padding the kernel is 2f with no padding (the authors') unless that leaves the grids half a cell
-    apart, in which case 2f - 1 aligns them (the authors' 63x63 kernel in FCN-AlexNet).
+    The kernel is 2f (the authors') unless that leaves the grids half a cell apart, in which case 2f - 1
+    aligns them (the authors' 63x63 kernel in FCN-AlexNet; odd-kernel strided trunks such as ResNet need it).
+    mode "same": the input is first extended by one edge cell on each side (``FCN._extend``). mode "legacy":
+    kernel 2f with padding f/2, fcnseg 0.1's head for nominal "same" grids.
     """
     factor = src.scale / dst.scale
     if factor.denominator != 1 or factor < 2:
         raise ValueError(f"cannot upsample from scale {src.scale} to {dst.scale}")
     f = int(factor)
-    candidates = [(2 * f, f // 2)] if same else [(2 * f, 0), (2 * f - 1, 0)]
+    if mode == "same":
+        src = Affine(src.scale, src.offset - src.scale)  # the edge cell added before the first
+    candidates = [(2 * f, f // 2)] if mode == "legacy" else [(2 * f, 0), (2 * f - 1, 0)]
     for kernel, padding in candidates:
         g = src.deconv(kernel, f, padding)
         if ((g.offset - dst.offset) / dst.scale).denominator == 1:
             return BilinearUpsample(channels, f, kernel, padding, learnable), g
     raise ValueError(f"no bilinear kernel for stride {f} aligns grid {src} with {dst}")
+
+
+def _fuse(up: torch.Tensor, skip: torch.Tensor, crop: int) -> torch.Tensor:
+    """``up + skip`` where both have cells; ``crop`` (see ``FCN.skip_crops``) aligns them.
+
+    Slices clamp at the end, so the cuts are written out and no size is computed in Python: that keeps height
+    and width symbolic when the model is traced for ONNX export.
+    """
+    if crop < 0:  # "same" padding: the upsampled map starts before the skip and covers it
+        up = up[:, :, -crop:, -crop:]
+        return up[:, :, :skip.shape[-2], :skip.shape[-1]] + skip
+    # The authors' crop: the skip is the larger map ("paper" padding).
+    up = up[:, :, :skip.shape[-2] - crop, :skip.shape[-1] - crop]
+    return up + skip[:, :, crop:crop + up.shape[-2], crop:crop + up.shape[-1]]
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
+    """Pads ``(N, C, H, W)`` by repeating its edges, evenly on both sides, to a multiple of ``multiple``;
+    returns it with the rows added at the top and the columns at the left."""
+    ph, pw = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
+    top, left = ph // 2, pw // 2
+    return F.pad(x, (left, pw - left, top, ph - top), mode="replicate"), top, left
+
+
+def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
 def _check_num_classes(num_classes, task: str, threshold: float) -> None:
@@ -252,8 +308,8 @@ def to_tensor(image) -> torch.Tensor:
 
 def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=None, *,
                 padding: str | None = None, upsampling: str = "paper",
-                class_names: list[str] | None = None, task: str = "multiclass", threshold: float = 0.5,
-                in_channels: int = 3, channel_mean=None, channel_std=None) -> FCN:
+                class_names: list[str] | None = None, alignment: str = "exact", task: str = "multiclass",
+                threshold: float = 0.5, in_channels: int = 3, channel_mean=None, channel_std=None) -> FCN:
     """Builds an FCN.
 
     Args:
@@ -267,15 +323,21 @@ def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=
         padding: "paper" (vgg16/alexnet only: conv1 padding 100 and crops, the default there) or "same".
         upsampling: "paper", "fixed" or "learned" (see ``FCN``).
         class_names: optional class names (length ``num_classes``).
+        alignment: "exact" (default) or "legacy" (models saved by fcnseg 0.1; see ``FCN``).
         task, threshold: see ``FCN`` ("multiclass", "binary" or "multilabel"; 0.5).
         in_channels: image channels (1 grey, 3 RGB, 4 RGB-NIR, any N): the first convolution is adapted from
             the (pretrained) RGB weights by ``timm.models.adapt_input_conv`` (see ``fcnseg.models.channels``).
         channel_mean, channel_std: per-channel preprocessing for ``in_channels`` channels (default: derived
             from the weights' RGB statistics), in the [0, 1] range of the input (times the weights' scale).
+
+    Raises:
+        ValueError: an unknown arch, backbone, padding, upsampling, alignment or task, or a bad ``num_classes``.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
+    _check_choice("arch", arch, ARCHS)
+    _check_choice("alignment", alignment, ALIGNMENTS)
     _check_num_classes(num_classes, task, threshold)
+    if alignment == "legacy" and backbone.startswith("efficientnet_lite") and padding in (None, "same"):
+        padding = "tf"  # fcnseg 0.1 built EfficientNet-Lite with TensorFlow's "same" padding
     trunk = build_trunk(backbone, padding)
     if pretrained_backbone is not None:
         from .weights import load_backbone_weights
@@ -285,7 +347,7 @@ def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=
         from .channels import adapt_input_channels
 
         adapt_input_channels(trunk, in_channels, channel_mean, channel_std)
-    return FCN(trunk, num_classes, arch, upsampling, class_names, task=task, threshold=threshold)
+    return FCN(trunk, num_classes, arch, upsampling, class_names, alignment, task=task, threshold=threshold)
 
 
 def staged_init(coarse: FCN, arch: str | None = None) -> FCN:
@@ -308,7 +370,7 @@ def staged_init(coarse: FCN, arch: str | None = None) -> FCN:
     import copy
 
     fine = FCN(copy.deepcopy(coarse.trunk), coarse.num_classes, arch, coarse.upsampling, coarse.class_names,
-               task=coarse.task, threshold=coarse.threshold)
+               coarse.alignment, task=coarse.task, threshold=coarse.threshold)
     fine.normalize.set(coarse.preprocessing)
     kept = {k: v for k, v in coarse.state_dict().items() if not k.startswith(coarse.final_name + ".")}
     missing, unexpected = fine.load_state_dict(kept, strict=False)

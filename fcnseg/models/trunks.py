@@ -14,10 +14,32 @@ import torch
 from torch import nn
 
 from ..preprocessing import HALF, IMAGENET, TF_LITE, Preprocessing
-from .geometry import Affine, nominal
+from .geometry import Affine, GeometryError, nominal, probe
 from .surgery import linear_to_conv
 
 STRIDES = (8, 16, 32)
+# Measured geometry per (backbone, padding): probing a trunk costs seconds, its layers' places never change.
+_PROBED: dict[tuple[str, str], tuple[Affine, ...]] = {}
+
+
+def trunk_geometry(trunk: nn.Module, key: tuple[str, str] | None = None) -> tuple[Affine, ...]:
+    """The exact affine maps of a trunk's three outputs: followed layer by layer where the trunk is a chain of
+    plain layers (``SequentialTrunk.layer_geometry``), else measured by ``geometry.probe`` (cached by ``key``).
+
+    Raises:
+        GeometryError: the outputs have no fixed place in the image (e.g. TF "same" padding).
+    """
+    if isinstance(trunk, SequentialTrunk):
+        try:
+            return tuple(trunk.layer_geometry(t) for t in trunk.taps)
+        except GeometryError:
+            pass
+    if key is not None and key in _PROBED:
+        return _PROBED[key]
+    maps = probe(trunk, STRIDES)
+    if key is not None:
+        _PROBED[key] = maps
+    return maps
 
 
 class SequentialTrunk(nn.Sequential):
@@ -26,13 +48,14 @@ class SequentialTrunk(nn.Sequential):
     Attributes:
         taps: names of the layers whose outputs are the stride-8, -16 and -32 features.
         channels: channels of those three outputs.
-        geometry: affine maps from each output's cells to image pixels (see ``geometry.py``).
+        geometry: affine maps from each output's cells to image pixels (see ``trunk_geometry``), the same at
+            every input size.
         padding: "paper" (the authors' conv1 padding 100, exact crops) or "same" (output ceil(H/s)).
         preprocessing: what the trunk's random or pretrained weights expect (set by weight loading).
     """
 
     def __init__(self, layers: OrderedDict, taps: tuple[str, str, str], padding: str,
-                 preprocessing: Preprocessing, exact_geometry: bool) -> None:
+                 preprocessing: Preprocessing, name: str) -> None:
         super().__init__(layers)
         missing = [t for t in taps if t not in layers]
         if missing:
@@ -40,10 +63,7 @@ class SequentialTrunk(nn.Sequential):
         self.taps = taps
         self.padding = padding
         self.preprocessing = preprocessing
-        if exact_geometry:
-            self.geometry = tuple(self.layer_geometry(t) for t in taps)
-        else:
-            self.geometry = tuple(nominal(s) for s in STRIDES)
+        self.geometry = trunk_geometry(self, (name, padding))
         self.channels = _probe_channels(self)
 
     def layer_geometry(self, name: str) -> Affine:
@@ -66,13 +86,20 @@ class SequentialTrunk(nn.Sequential):
 
 class EfficientNetLiteTrunk(nn.Module):
     """timm's ``tf_efficientnet_liteN`` without its classifier: stage outputs at strides 8 and 16 and the
-    1280-channel ``conv_head`` at stride 32. TF "same" padding gives ceil(H/s) outputs for any size."""
+    1280-channel ``conv_head`` at stride 32; ceil(H/s) outputs for any size.
 
-    def __init__(self, variant: str) -> None:
+    padding="same": every convolution pads (k-1)/2 on each side, so the cells sit at the same place for every
+    input size (the TF weights only see borders differ). padding="tf": TensorFlow's dynamic "same" padding,
+    which pads one more at the bottom/right of even sizes, so cells move by up to half a stride with the
+    input size; kept for models saved by fcnseg 0.1, which the FCN feeds inputs padded to a multiple of 32.
+    """
+
+    def __init__(self, variant: str, padding: str = "same") -> None:
         super().__init__()
         import timm
 
-        net = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False)
+        net = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False,
+                                pad_type="same" if padding == "tf" else "")
         self.conv_stem, self.bn1, self.blocks = net.conv_stem, net.bn1, net.blocks
         self.conv_head, self.bn2 = net.conv_head, net.bn2
         # The stages that end at strides 8 and 16 (timm's feature_info knows where the strides change).
@@ -80,9 +107,11 @@ class EfficientNetLiteTrunk(nn.Module):
         stage_of = {i["reduction"]: int(i["module"].split(".")[1]) for i in info if i["module"].startswith("blocks.")}
         self.tap8, self.tap16 = stage_of[8], stage_of[16]
         self.taps = (f"blocks.{self.tap8}", f"blocks.{self.tap16}", "bn2")
-        self.padding = "same"
+        self.padding = padding
         self.preprocessing = TF_LITE
-        self.geometry = tuple(nominal(s) for s in STRIDES)
+        # TF padding has no fixed geometry (only legacy models use it, with the nominal one).
+        self.geometry = (tuple(nominal(s) for s in STRIDES) if padding == "tf"
+                         else trunk_geometry(self, (f"efficientnet_{variant}", padding)))
         self.channels = _probe_channels(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -139,7 +168,7 @@ def vgg16(padding: str = "paper") -> SequentialTrunk:
     layers["relu6"], layers["drop6"] = nn.ReLU(inplace=True), nn.Dropout(0.5)
     layers["fc7"] = _fc_conv(4096, 4096, 1)
     layers["relu7"], layers["drop7"] = nn.ReLU(inplace=True), nn.Dropout(0.5)
-    return SequentialTrunk(layers, ("pool3", "pool4", "drop7"), padding, IMAGENET, exact_geometry=True)
+    return SequentialTrunk(layers, ("pool3", "pool4", "drop7"), padding, IMAGENET, "vgg16")
 
 
 def _fc_conv(cin: int, cout: int, kernel: int, padding: int = 0) -> nn.Conv2d:
@@ -186,7 +215,7 @@ def alexnet(padding: str = "paper") -> SequentialTrunk:
     layers["fc7"] = linear_to_conv(tv.classifier[4], 4096, 1)
     layers["relu7"] = nn.ReLU(inplace=True)
     layers["drop7"] = nn.Dropout(0.5)
-    return SequentialTrunk(layers, ("pool1", "pool2", "drop7"), padding, IMAGENET, exact_geometry=paper)
+    return SequentialTrunk(layers, ("pool1", "pool2", "drop7"), padding, IMAGENET, "alexnet")
 
 
 def googlenet(padding: str = "same") -> SequentialTrunk:
@@ -206,8 +235,7 @@ def googlenet(padding: str = "same") -> SequentialTrunk:
         if isinstance(m, nn.MaxPool2d) and m.kernel_size == 3:
             m = nn.MaxPool2d(3, 2, padding=1)
         layers[name] = m
-    return SequentialTrunk(layers, ("inception3b", "inception4e", "inception5b"), padding, HALF,
-                           exact_geometry=False)
+    return SequentialTrunk(layers, ("inception3b", "inception4e", "inception5b"), padding, HALF, "googlenet")
 
 
 def resnet(depth: int, padding: str = "same") -> SequentialTrunk:
@@ -217,7 +245,7 @@ def resnet(depth: int, padding: str = "same") -> SequentialTrunk:
     _check_padding(f"resnet{depth}", padding, ("same",))
     tv = getattr(torchvision.models, f"resnet{depth}")()
     layers = OrderedDict((n, m) for n, m in tv.named_children() if n not in ("avgpool", "fc"))
-    return SequentialTrunk(layers, ("layer2", "layer3", "layer4"), padding, IMAGENET, exact_geometry=False)
+    return SequentialTrunk(layers, ("layer2", "layer3", "layer4"), padding, IMAGENET, f"resnet{depth}")
 
 
 def mobilenet_v3_large(padding: str = "same") -> SequentialTrunk:
@@ -231,13 +259,13 @@ def mobilenet_v3_large(padding: str = "same") -> SequentialTrunk:
     layers["fc"] = linear_to_conv(tv.classifier[0], tv.classifier[0].in_features, 1)
     layers["fc_act"] = nn.Hardswish()
     # The last block of each stride: 6 (stride 8, 40 ch) and 12 (stride 16, 112 ch).
-    return SequentialTrunk(layers, ("6", "12", "fc_act"), padding, IMAGENET, exact_geometry=False)
+    return SequentialTrunk(layers, ("6", "12", "fc_act"), padding, IMAGENET, "mobilenet_v3_large")
 
 
 def efficientnet_lite(n: int, padding: str = "same") -> EfficientNetLiteTrunk:
-    """timm's ``tf_efficientnet_lite{n}`` (TF "same" padding, ReLU6, no squeeze-excitation)."""
-    _check_padding(f"efficientnet_lite{n}", padding, ("same",))
-    return EfficientNetLiteTrunk(f"lite{n}")
+    """timm's ``tf_efficientnet_lite{n}`` (ReLU6, no squeeze-excitation); see ``EfficientNetLiteTrunk``."""
+    _check_padding(f"efficientnet_lite{n}", padding, ("same", "tf"))
+    return EfficientNetLiteTrunk(f"lite{n}", padding)
 
 
 # The plain dict that maps a backbone name to its builder (padding -> trunk) and its default padding.
