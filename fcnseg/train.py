@@ -737,7 +737,8 @@ class _Logger:
         if self.tb:
             for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):
                 self.tb.add_scalar(f"val/{k}", r[k], step)
-        print(f"val epoch {epoch} step {step}: pixel acc {100 * r['pixel_acc']:.2f} mean acc "
+        fg = "" if r.get("foreground_iu") is None else f"foreground IU {100 * r['foreground_iu']:.2f} "
+        print(f"val epoch {epoch} step {step}: {fg}pixel acc {100 * r['pixel_acc']:.2f} mean acc "
               f"{100 * r['mean_acc']:.2f} mean IU {100 * r['mean_iu']:.2f} fw IU {100 * r['fw_iu']:.2f} "
               f"({r['images_per_s']:.1f} img/s)", flush=True)
 
