@@ -72,6 +72,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = load(args.model, device=device)
     options = json.loads(args.dataset_options) if args.dataset_options else {}
     ds = build_dataset(args.dataset, args.root, args.split, transforms=eval_transforms(), **options)
+    ds.channels = getattr(model, "in_channels", 3)  # read images as the model takes them (grey, RGB, 4 bands)
     for problem in ds.check(skip_bad=args.skip_bad):
         if rank == 0:
             print(f"skipped: {problem}", file=sys.stderr)
@@ -205,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="pixel acc, mean acc, mean IU, fw IU of a model on a dataset")
     e.add_argument("--model", required=True, help="a pretrained model name or a .safetensors file")
-    e.add_argument("--dataset", required=True, help="camvid, voc, sbd or folder")
+    e.add_argument("--dataset", required=True, help="camvid, voc, sbd, folder or multilabel")
     e.add_argument("--root", required=True, help="the dataset folder")
     e.add_argument("--split", default="val")
     e.add_argument("--out", default="outputs/evaluate", help="folder for metrics.json and plots")
