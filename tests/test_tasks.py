@@ -235,3 +235,25 @@ def test_serve_answers_binary_models_and_refuses_multilabel_ones(tmp_path):
     save_model(fcnseg.build_model("fcn32s", "mobilenet_v3_large", 3, task="multilabel"), tmp_path / "ml.safetensors")
     with pytest.raises(ValueError, match="ml.safetensors: a multilabel model"):
         load_models([str(tmp_path / "ml.safetensors")], device="cpu")
+
+
+def test_report_gallery_draws_a_binary_models_thresholded_labels(tmp_path, monkeypatch):
+    import fcnseg
+    from fcnseg import report
+
+    root = make_binary(tmp_path / "bin", n=4)
+    val = build_dataset("folder", root, "val", transforms=eval_transforms())
+    torch.manual_seed(0)
+    model = fcnseg.build_model("fcn8s", "mobilenet_v3_large", 2, task="binary").eval()
+    for conv in model.score_layers():
+        torch.nn.init.normal_(conv.weight, std=0.5)
+    image, _ = val[0]
+    with torch.no_grad():
+        prob = torch.sigmoid(model(image[None]))[0, 0]
+    model.threshold = float(prob.median())
+    drawn = []
+    monkeypatch.setattr(report, "thumbnails", lambda shown, truth, pred, palette: drawn.append(pred) or {})
+    result = evaluate(model, val, per_image=True)
+    report.worst_images(model, val, result["per_image"], 1)
+    expect = (prob >= model.threshold).numpy()
+    assert 0.3 < expect.mean() < 0.7 and (drawn[0] == expect).mean() > 0.999
