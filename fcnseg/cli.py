@@ -70,6 +70,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     rank, world, device = setup_distributed(args.device)
     torch.set_num_threads(args.threads) if args.threads else None
     model = load(args.model, device=device)
+    _set_threshold(model, args.threshold, args.model)
     options = json.loads(args.dataset_options) if args.dataset_options else {}
     ds = build_dataset(args.dataset, args.root, args.split, transforms=eval_transforms(), **options)
     ds.channels = getattr(model, "in_channels", 3)  # read images as the model takes them (grey, RGB, 4 bands)
@@ -118,6 +119,19 @@ def _load_for_inference(name: str, backend: str, device: str):
     return model
 
 
+def _set_threshold(model, threshold: float | None, name) -> None:
+    """``--threshold``: overrides a binary or multilabel model's stored decision threshold."""
+    if threshold is None:
+        return
+    from .tasks import check_task
+
+    task = getattr(model, "task", "multiclass")
+    if task == "multiclass":
+        raise ValueError(f"{name}: --threshold is for binary and multilabel models; this one is multiclass (argmax)")
+    check_task(task, threshold)
+    model.threshold = float(threshold)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
@@ -126,6 +140,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads) if args.threads else None
     backend = args.backend or ("onnxruntime" if str(args.model).endswith(".onnx") else "torch")
     model = _load_for_inference(args.model, backend, args.device)
+    _set_threshold(model, args.threshold, args.model)
     results, errors = predict_files(model, args.inputs, args.out, max_size=args.max_size,
                                     save_overlay=not args.no_overlay, save_probs=args.probs,
                                     tile=args.tile or None, overlap=args.overlap, flip=args.flip,
@@ -222,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report", action="store_true", help="also write OUT/report.html: metrics, per-class IU bars, "
                    "confusion matrix and a gallery of the worst images, in one self-contained page")
     e.add_argument("--report-worst", type=int, default=8, metavar="N", help="images in the report's gallery")
+    e.add_argument("--threshold", type=float, help="binary/multilabel models: probability from which a pixel is "
+                   "foreground (default: the one stored with the model)")
     e.set_defaults(func=_cmd_evaluate)
 
     r = sub.add_parser("predict", help="segment images: label PNGs, overlays, probabilities, class shares")
@@ -241,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse larger images (decompression bombs); 0 for no limit")
     r.add_argument("--probs", action="store_true", help="also write NAME_probs.npz (float16 class probabilities)")
     r.add_argument("--no-overlay", action="store_true", help="write label maps only")
+    r.add_argument("--threshold", type=float, help="binary/multilabel models: probability from which a pixel is "
+                   "foreground (default: the one stored with the model)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or per-image lines")
     r.add_argument("--device", default="auto")
     r.add_argument("--threads", type=int)

@@ -257,3 +257,31 @@ def test_report_gallery_draws_a_binary_models_thresholded_labels(tmp_path, monke
     report.worst_images(model, val, result["per_image"], 1)
     expect = (prob >= model.threshold).numpy()
     assert 0.3 < expect.mean() < 0.7 and (drawn[0] == expect).mean() > 0.999
+
+
+def test_threshold_option_of_predict_overrides_the_stored_one(tmp_path, capsys):
+    import fcnseg
+    from fcnseg.checkpoint import save_model
+    from fcnseg.cli import main
+
+    torch.manual_seed(0)
+    model = fcnseg.build_model("fcn8s", "mobilenet_v3_large", 2, task="binary").eval()
+    for conv in model.score_layers():
+        torch.nn.init.normal_(conv.weight, std=0.5)
+    save_model(model, tmp_path / "bin.safetensors")
+    image = np.random.default_rng(0).integers(0, 255, (64, 96, 3)).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    with torch.no_grad():
+        prob = torch.sigmoid(model(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255))[0, 0]
+    for q in (0.25, 0.75):
+        t = float(prob.quantile(q))
+        args = ["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "bin.safetensors"), "--out",
+                str(tmp_path / f"p{q}"), "--threshold", str(t), "--quiet", "--device", "cpu"]
+        assert main(args) == 0
+        labels = np.array(Image.open(tmp_path / f"p{q}" / "x.png"))
+        assert (labels == (prob >= t).numpy()).mean() > 0.999 and abs(labels.mean() - (1 - q)) < 0.05
+    multiclass = fcnseg.build_model("fcn32s", "mobilenet_v3_large", 3)
+    save_model(multiclass, tmp_path / "mc.safetensors")
+    assert main(["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "mc.safetensors"), "--out",
+                 str(tmp_path / "q"), "--threshold", "0.3", "--device", "cpu"]) == 2
+    assert "--threshold is for binary and multilabel models" in capsys.readouterr().err
