@@ -159,8 +159,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
     # Files without an alignment entry were written by fcnseg 0.1, whose head was built for nominal geometry.
     model = build_model(cfg["arch"], cfg["backbone"], int(cfg["num_classes"]), padding=cfg.get("padding"),
                         upsampling=cfg.get("upsampling", "paper"), class_names=cfg.get("class_names"),
-                        alignment=cfg.get("alignment", "legacy"))
-    model.normalize.set(Preprocessing.from_dict(cfg["preprocessing"]))
+                        alignment=cfg.get("alignment", "legacy"), task=cfg.get("task", "multiclass"),
+                        threshold=float(cfg.get("threshold", 0.5)), in_channels=int(cfg.get("in_channels", 3)))
+    pre = Preprocessing.from_dict(cfg["preprocessing"])
+    if len(pre.mean) != model.in_channels:
+        raise ValueError(f"{path}: preprocessing has {len(pre.mean)} channels, the model reads {model.in_channels}")
+    model.normalize.set(pre)
     if cfg.get("palette"):
         model.palette = [tuple(c) for c in cfg["palette"]]
     try:

@@ -70,6 +70,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     rank, world, device = setup_distributed(args.device)
     torch.set_num_threads(args.threads) if args.threads else None
     model = load(args.model, device=device)
+    _set_threshold(model, args.threshold, args.model)
     options = json.loads(args.dataset_options) if args.dataset_options else {}
     saved = getattr(model, "info", {}).get("dataset_options") or {}
     if not options and saved and args.dataset == "folder":
@@ -77,6 +78,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if rank == 0:
             print(f"dataset options from the model: {saved}")
     ds = build_dataset(args.dataset, args.root, args.split, transforms=eval_transforms(), **options)
+    ds.channels = getattr(model, "in_channels", 3)  # read images as the model takes them (grey, RGB, 4 bands)
     for problem in ds.check(skip_bad=args.skip_bad):
         if rank == 0:
             print(f"skipped: {problem}", file=sys.stderr)
@@ -147,6 +149,19 @@ def _load_for_inference(name: str, backend: str, device: str):
     return model
 
 
+def _set_threshold(model, threshold: float | None, name) -> None:
+    """``--threshold``: overrides a binary or multilabel model's stored decision threshold."""
+    if threshold is None:
+        return
+    from .tasks import check_task
+
+    task = getattr(model, "task", "multiclass")
+    if task == "multiclass":
+        raise ValueError(f"{name}: --threshold is for binary and multilabel models; this one is multiclass (argmax)")
+    check_task(task, threshold)
+    model.threshold = float(threshold)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
@@ -155,6 +170,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads) if args.threads else None
     backend = args.backend or ("onnxruntime" if str(args.model).endswith(".onnx") else "torch")
     model = _load_for_inference(args.model, backend, args.device)
+    _set_threshold(model, args.threshold, args.model)
     results, errors = predict_files(model, args.inputs, args.out, max_size=args.max_size,
                                     save_overlay=not args.no_overlay, save_probs=args.probs,
                                     tile=args.tile or None, overlap=args.overlap, flip=args.flip,
@@ -235,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="pixel acc, mean acc, mean IU, fw IU of a model on a dataset")
     e.add_argument("--model", required=True, help="a pretrained model name or a .safetensors file")
-    e.add_argument("--dataset", required=True, help="camvid, voc, sbd or folder")
+    e.add_argument("--dataset", required=True, help="camvid, voc, sbd, folder or multilabel")
     e.add_argument("--root", required=True, help="the dataset folder")
     e.add_argument("--split", default="val")
     e.add_argument("--out", default="outputs/evaluate", help="folder for metrics.json and plots")
@@ -251,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report", action="store_true", help="also write OUT/report.html: metrics, per-class IU bars, "
                    "confusion matrix and a gallery of the worst images, in one self-contained page")
     e.add_argument("--report-worst", type=int, default=8, metavar="N", help="images in the report's gallery")
+    e.add_argument("--threshold", type=float, help="binary/multilabel models: probability from which a pixel is "
+                   "foreground (default: the one stored with the model)")
     e.set_defaults(func=_cmd_evaluate)
 
     dt = sub.add_parser("data", help="inspect a dataset: fcnseg data check --dataset D --root R [--split S]")
@@ -280,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse larger images (decompression bombs); 0 for no limit")
     r.add_argument("--probs", action="store_true", help="also write NAME_probs.npz (float16 class probabilities)")
     r.add_argument("--no-overlay", action="store_true", help="write label maps only")
+    r.add_argument("--threshold", type=float, help="binary/multilabel models: probability from which a pixel is "
+                   "foreground (default: the one stored with the model)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or per-image lines")
     r.add_argument("--device", default="auto")
     r.add_argument("--threads", type=int)

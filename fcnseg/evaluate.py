@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from .checkpoint import atomic_write
 from .data.palettes import label_image
-from .metrics import ConfusionMatrix, boundary_band
+from .metrics import ConfusionMatrix, MultilabelConfusion, boundary_band
 from .report import per_image_scores
 
 
@@ -46,7 +46,8 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
         per_image: also score each image on its own (for the report's gallery of the worst images).
 
     Returns:
-        ``pixel_acc``, ``mean_acc``, ``mean_iu``, ``fw_iu``, ``per_class_iu``, ``per_class_acc``,
+        ``pixel_acc``, ``mean_acc``, ``mean_iu``, ``fw_iu``, ``per_class_iu``, ``per_class_acc``, ``mean_dice``,
+        ``mean_precision``, ``mean_recall`` and their ``per_class_*`` lists (``metrics.f_scores``),
         ``class_names``, ``num_images``, ``images_per_s`` and ``confusion`` (a list of lists); with
         ``boundary_width``, ``boundary``: the same scores (without the matrix) on the edge band, and its width.
         with ``per_image``, also ``per_image``: ``index``, ``name``, ``mean_iu``, ``pixel_acc`` of every image.
@@ -56,10 +57,16 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     net = getattr(model, "module", model)
     if dataset.num_classes != net.num_classes:
         raise ValueError(f"{dataset.name} has {dataset.num_classes} classes but the model scores {net.num_classes}")
+    task = getattr(net, "task", "multiclass")
+    if hasattr(dataset, "channels"):  # images are read with as many channels as the model takes
+        dataset.channels = getattr(net, "in_channels", 3)
+    if task == "multilabel" and (boundary_width or per_image or pred_dir is not None):
+        raise ValueError("multilabel evaluation scores per-class masks: boundary_width, per_image and pred_dir "
+                         "are for multiclass and binary models")
     was_training = net.training
     net.eval()
     rank, world = _rank_world()
-    cm = ConfusionMatrix(net.num_classes, device=device)
+    cm = (MultilabelConfusion if task == "multilabel" else ConfusionMatrix)(net.num_classes, device=device)
     band_cm = ConfusionMatrix(net.num_classes, device=device) if boundary_width else None
     indices = range(rank, len(dataset), world)
     if progress and rank == 0:
@@ -78,7 +85,7 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(torch.device(device).type, amp_dtype, enabled=amp_dtype is not None):
             scores = net(x)
-        pred = scores.argmax(1)[0]
+        pred = net.labels(scores)[0] if hasattr(net, "labels") else scores.argmax(1)[0]
         labels = labels.to(device)
         cm.update(labels, pred)
         if band_cm is not None:
@@ -99,8 +106,8 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     if world > 1:
         dist.all_reduce(counts)
     net.train(was_training)
-    result = cm.compute()
-    result.update(class_names=list(net.class_names), num_images=int(counts[0]),
+    result = _foreground_first(cm.compute()) if task == "binary" else cm.compute()
+    result.update(task=task, class_names=list(net.class_names), num_images=int(counts[0]),
                   images_per_s=float(counts[0] / counts[1] * world) if counts[1] > 0 else float("nan"),
                   confusion=cm.mat.cpu().tolist())
     if band_cm is not None:
@@ -114,6 +121,19 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     return result
 
 
+FOREGROUND = ("iu", "dice", "precision", "recall")
+
+
+def _foreground_first(scores: dict) -> dict:
+    """A binary task's scores with the foreground class's figures (class 1) first: ``foreground_iu``,
+    ``foreground_dice``, ``foreground_precision``, ``foreground_recall`` (None where undefined)."""
+    fg = {}
+    for key in FOREGROUND:
+        v = scores[f"per_class_{key}"][1]
+        fg[f"foreground_{key}"] = None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+    return {**fg, **scores}
+
+
 def format_table(result: dict) -> str:
     """The per-class scores and the four means as a text table."""
     def pct(v: float) -> str:
@@ -121,13 +141,21 @@ def format_table(result: dict) -> str:
 
     names = result["class_names"]
     width = max(12, *(len(n) for n in names))
-    lines = [f"{'class':{width}s}     IU    acc"]
-    for name, iu, acc in zip(names, result["per_class_iu"], result["per_class_acc"]):
-        lines.append(f"{name:{width}s} {pct(iu)} {pct(acc)}")
-    lines.append("-" * (width + 14))
+    n = len(names)
+    dice = result.get("per_class_dice", [None] * n)
+    prec = result.get("per_class_precision", [None] * n)
+    lines = []
+    if "foreground_iu" in result:
+        figures = "  ".join(f"{k} {pct(result[f'foreground_{k}']).strip()}" for k in FOREGROUND)
+        lines.append(f"foreground ({names[1]}): {figures}")
+    lines.append(f"{'class':{width}s}     IU    acc   Dice   prec")  # acc is the class's recall
+    for name, iu, acc, d, pr in zip(names, result["per_class_iu"], result["per_class_acc"], dice, prec):
+        lines.append(f"{name:{width}s} {pct(iu)} {pct(acc)} {pct(d)} {pct(pr)}")
+    lines.append("-" * (width + 28))
     for key, label in (("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"), ("mean_iu", "mean IU"),
-                       ("fw_iu", "f.w. IU")):
-        lines.append(f"{label:{width}s} {pct(result[key])}")
+                       ("fw_iu", "f.w. IU"), ("mean_dice", "mean Dice"), ("mean_precision", "mean prec")):
+        if key in result:
+            lines.append(f"{label:{width}s} {pct(result[key])}")
     if "boundary" in result:
         b = result["boundary"]
         lines.append(f"{'boundary IU':{width}s} {pct(b['mean_iu'])}  (within {b['width']} px of label edges)")
@@ -149,14 +177,17 @@ def write_report(result: dict, out: str | Path, html: bool = False, palette=None
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    keys = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "per_class_acc", "class_names",
-            "num_images", "images_per_s", "confusion")
+    keys = (*(f"foreground_{k}" for k in FOREGROUND), "pixel_acc", "mean_acc", "mean_iu", "fw_iu", "mean_dice",
+            "mean_precision", "mean_recall",
+            "per_class_iu", "per_class_acc", "per_class_dice", "per_class_precision", "per_class_recall",
+            "class_names", "num_images", "images_per_s", "confusion")
     data = {k: result[k] for k in keys if k in result}
     data.update({k: v for k, v in result.items() if k not in keys})
     # NaN (a class that never occurs) is written as null: JSON has no NaN.
     text = json.dumps(_nan_to_none(data), indent=1)
     atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(text))
-    plot_confusion(result, out / "confusion_matrix.png")
+    if result.get("task") != "multilabel":  # a multilabel result has K two-by-two matrices
+        plot_confusion(result, out / "confusion_matrix.png")
     plot_per_class_iu(result, out / "per_class_iu.png")
     if html:
         from .data.palettes import default_palette

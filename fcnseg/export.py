@@ -52,7 +52,7 @@ def export_onnx(model: FCN, path: str | os.PathLike, opset: int = 17) -> Path:
     import onnx
 
     m = _traceable(model)
-    x = torch.rand(1, 3, *TRACE_SIZE)
+    x = torch.rand(1, model.in_channels, *TRACE_SIZE)
     dynamic = {0: "batch", 2: "height", 3: "width"}
 
     def write(tmp: str) -> None:
@@ -81,7 +81,7 @@ def export_torchscript(model: FCN, path: str | os.PathLike) -> Path:
     m = _traceable(model)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        traced = torch.jit.freeze(torch.jit.trace(m, torch.rand(1, 3, *TRACE_SIZE)))
+        traced = torch.jit.freeze(torch.jit.trace(m, torch.rand(1, model.in_channels, *TRACE_SIZE)))
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
@@ -133,10 +133,12 @@ class OnnxModel:
         self.class_names = cfg.get("class_names") or [str(i) for i in range(self.num_classes)]
         self.palette = [tuple(c) for c in cfg["palette"]] if cfg.get("palette") else default_palette(self.num_classes)
         self.arch, self.backbone = cfg.get("arch"), cfg.get("backbone")
+        self.task, self.threshold = cfg.get("task", "multiclass"), float(cfg.get("threshold", 0.5))
+        self.in_channels = int(cfg.get("in_channels", 3))
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x)
+        _check_input(x, self.in_channels)
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
 
@@ -173,7 +175,8 @@ def verify(model: FCN, path: str | os.PathLike, sizes=VERIFY_SIZES, batch: int =
     """Runs the exported file and the PyTorch model on random images of each size.
 
     Returns one dict per size: ``size``, ``max_abs_diff`` of the scores, ``max_abs_score`` (for scale) and
-    ``label_agreement`` (share of pixels with the same argmax).
+    ``label_agreement`` (share of pixels with the same labels: argmax, or the threshold for binary and
+    multilabel models).
     """
     path = Path(path)
     if path.suffix == ".onnx":
@@ -186,7 +189,7 @@ def verify(model: FCN, path: str | os.PathLike, sizes=VERIFY_SIZES, batch: int =
     gen = torch.Generator().manual_seed(0)
     rows = []
     for h, w in sizes:
-        x = torch.rand(batch, 3, h, w, generator=gen)
+        x = torch.rand(batch, model.in_channels, h, w, generator=gen)
         with torch.inference_mode():
             ref = ref_model(x)
             out = run(x)
@@ -194,5 +197,5 @@ def verify(model: FCN, path: str | os.PathLike, sizes=VERIFY_SIZES, batch: int =
             raise RuntimeError(f"{path}: output shape {tuple(out.shape)} != PyTorch's {tuple(ref.shape)} at {h}x{w}")
         rows.append({"size": [h, w], "max_abs_diff": float((out - ref).abs().max()),
                      "max_abs_score": float(ref.abs().max()),
-                     "label_agreement": float((out.argmax(1) == ref.argmax(1)).float().mean())})
+                     "label_agreement": float((model.labels(out) == model.labels(ref)).float().mean())})
     return rows

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import tasks
 from .checkpoint import atomic_write
-from .data.images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image, pil_to_rgb
+from .data.images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image, pil_to_array
 from .data.palettes import label_image, overlay
 
 DEFAULT_MODEL = "camvid-fcn8s-lite0"
@@ -53,31 +54,38 @@ def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
-    """An ``HxWx3`` uint8 RGB array, upright per EXIF; see ``fcnseg.data.images.decode_image``."""
-    return decode_image(path, max_pixels=max_pixels, exif=True)
+def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS, channels: int = 3) -> np.ndarray:
+    """An ``HxWx3`` uint8 RGB array (``HxWxC`` for other ``channels``), upright per EXIF; see
+    ``fcnseg.data.images.decode_image``."""
+    return decode_image(path, max_pixels=max_pixels, exif=True, channels=channels)
 
 
-def _as_chw(image) -> torch.Tensor:
-    """A ``(3, H, W)`` tensor, uint8 (0..255) or float (0..1), from a path, PIL image, array or tensor."""
+def _as_chw(image, channels: int = 3) -> torch.Tensor:
+    """A ``(3, H, W)`` tensor (``(channels, H, W)``), uint8 (0..255) or float (0..1), from a path, PIL image,
+    array or tensor. For 3 channels grey arrays are repeated and a 4th (alpha) dropped; otherwise an array
+    must have ``channels`` channels (a 2-D array is one channel)."""
     if isinstance(image, (str, os.PathLike)):
-        image = read_image(image)
+        image = read_image(image, channels=channels)
     if isinstance(image, Image.Image):
-        image = pil_to_rgb(image)  # the file rules: a 16-bit grey image is scaled, not clipped at 255
+        # The file rules: a 16-bit grey image is scaled, not clipped at 255.
+        image = pil_to_array(image, channels)
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            image = image[:, :, None] if channels == 1 else np.repeat(image[:, :, None], 3, axis=2)
+        if channels != 3:
+            if image.ndim != 3 or image.shape[2] != channels:
+                raise ValueError(f"expected an HxWx{channels} image array; got shape {image.shape}")
+        elif image.ndim != 3 or image.shape[2] not in (3, 4):
             raise ValueError(f"expected an HxWx3 image array; got shape {image.shape}")
-        image = image[:, :, :3]
+        image = image[:, :, :3] if channels == 3 else image
         if image.dtype == np.uint16:
             image = (image.astype(np.float32) / 65535.0 * 255.0).round().astype(np.uint8)
         if image.dtype != np.uint8:
             return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     if isinstance(image, torch.Tensor):
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"expected a (3, H, W) image tensor; got shape {tuple(image.shape)}")
+        if image.dim() != 3 or image.shape[0] != channels:
+            raise ValueError(f"expected a ({channels}, H, W) image tensor; got shape {tuple(image.shape)}")
         return image if image.dtype == torch.uint8 or image.is_floating_point() else image.float() / 255.0
     raise TypeError(f"cannot read an image from {type(image).__name__}")
 
@@ -98,12 +106,24 @@ def _forward(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def probabilities(model, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
-    """Softmax probabilities ``(N, C, H, W)`` (float32, CPU) of a float batch; ``flip`` averages them with
-    those of the mirrored images (test-time augmentation)."""
-    p = _forward(model, x).float().softmax(1)
+    """Class probabilities ``(N, C, H, W)`` (float32, CPU) of a float batch: softmax, or for a binary model
+    ``[1 - p, p]``, for a multilabel one the K sigmoids (``fcnseg.tasks.probabilities``); ``flip`` averages
+    them with those of the mirrored images (test-time augmentation)."""
+    task = _task(model)[0]
+    p = tasks.probabilities(_forward(model, x), task)
     if flip:
-        p = (p + _forward(model, x.flip(-1)).float().softmax(1).flip(-1)) / 2
+        p = (p + tasks.probabilities(_forward(model, x.flip(-1)), task).flip(-1)) / 2
     return p.cpu()
+
+
+def _task(model) -> tuple[str, float]:
+    return getattr(model, "task", "multiclass"), getattr(model, "threshold", 0.5)
+
+
+def _decide(model, p: torch.Tensor, dim: int) -> torch.Tensor:
+    """Labels from (possibly unnormalised, for multiclass and binary) probabilities along ``dim``."""
+    task, threshold = _task(model)
+    return tasks.decide(p, task, threshold, dim)
 
 
 def _starts(n: int, tile: int, overlap: int) -> list[int]:
@@ -144,9 +164,10 @@ def predict_image(model, image, *, tile: int | None = TILE, overlap: int = OVERL
         return_probs: also return the ``(C, H, W)`` float16 class probabilities.
 
     Returns:
-        ``(labels, probs)``: ``HxW`` labels (uint8 up to 256 classes) and the probabilities or None.
+        ``(labels, probs)``: ``HxW`` labels (uint8 up to 256 classes; a multilabel model's are ``KxHxW``, 0/1
+        per class) and the probabilities or None.
     """
-    x = _as_chw(image)
+    x = _as_chw(image, getattr(model, "in_channels", 3))
     h0, w0 = x.shape[-2:]
     if max_size and max(h0, w0) > max_size:
         s = max_size / max(h0, w0)
@@ -155,7 +176,7 @@ def predict_image(model, image, *, tile: int | None = TILE, overlap: int = OVERL
         labels, probs = _tiled(model, x, tile, overlap, flip, batch_size, return_probs=True)
         up = F.interpolate(torch.from_numpy(probs.astype(np.float32))[None], size=(h0, w0), mode="bilinear",
                            align_corners=False)[0]
-        return up.argmax(0).numpy().astype(labels.dtype), (up.half().numpy() if return_probs else None)
+        return _decide(model, up, 0).numpy().astype(labels.dtype), (up.half().numpy() if return_probs else None)
     return _tiled(model, x, tile, overlap, flip, batch_size, return_probs)
 
 
@@ -170,7 +191,8 @@ def _tiled(model, x: torch.Tensor, tile: int | None, overlap: int, flip: bool, b
     overlap = max(0, min(overlap, th - 1, tw - 1))
     ys, xs = _starts(h, th, overlap), _starts(w, tw, overlap)
     weight = torch.outer(_ramp(th, overlap if len(ys) > 1 else 0), _ramp(tw, overlap if len(xs) > 1 else 0))
-    labels = np.empty((h, w), _label_dtype(c))
+    multilabel = _task(model)[0] == "multilabel"
+    labels = np.empty((c, h, w) if multilabel else (h, w), _label_dtype(c))
     probs = np.empty((c, h, w), np.float16) if return_probs else None
     # Running sums over the band of rows the current row of windows covers.
     acc, wsum = torch.zeros(c, th, w), torch.zeros(th, w)
@@ -183,10 +205,11 @@ def _tiled(model, x: torch.Tensor, tile: int | None, overlap: int, flip: bool, b
                 acc[:, :, x0:x0 + tw] += p[k] * weight
                 wsum[:, x0:x0 + tw] += weight
         # Rows above the next window row get no more contributions: finish them and slide the band in place
-        # (only the overlap rows move). Dividing by the weights does not change the argmax, so labels skip it.
+        # (only the overlap rows move). Dividing by the weights does not change the argmax (nor the binary
+        # decision, a ratio of the two channels), so labels skip it.
         y1 = ys[i + 1] if i + 1 < len(ys) else h
         n = y1 - y0
-        labels[y0:y1] = acc[:, :n].argmax(0).numpy()
+        labels[..., y0:y1, :] = _decide(model, acc[:, :n] / wsum[:n] if multilabel else acc[:, :n], 0).numpy()
         if probs is not None:
             probs[:, y0:y1] = (acc[:, :n] / wsum[:n]).numpy()
         acc[:, :th - n] = acc[:, n:].clone()
@@ -208,11 +231,12 @@ class Prediction:
     error: str | None = None
 
 
-def _read_ahead(files: list[Path], max_pixels: int | None, depth: int = 2) -> Iterator[tuple[Path, object]]:
+def _read_ahead(files: list[Path], max_pixels: int | None, depth: int = 2,
+                channels: int = 3) -> Iterator[tuple[Path, object]]:
     # Decode the next images on a thread while the model runs (Pillow releases the GIL while decoding).
     def read(f: Path):
         try:
-            return read_image(f, max_pixels)
+            return read_image(f, max_pixels, channels)
         except (ImageError, FileNotFoundError, OSError) as e:
             return e
 
@@ -240,21 +264,22 @@ def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None =
     kw = dict(tile=tile, overlap=overlap, flip=flip, batch_size=batch_size, max_size=max_size,
               return_probs=return_probs)
     pending: list[tuple[Path, np.ndarray]] = []
+    channels = getattr(model, "in_channels", 3)
 
     def flush() -> Iterator[Prediction]:
         if not pending:
             return
         t = time.perf_counter()
-        batch = torch.stack([_float(_as_chw(a)) for _, a in pending])
+        batch = torch.stack([_float(_as_chw(a, channels)) for _, a in pending])
         with torch.inference_mode():
             p = probabilities(model, batch, flip)
-        labels = p.argmax(1).numpy().astype(_label_dtype(model.num_classes))
+        labels = _decide(model, p, 1).numpy().astype(_label_dtype(model.num_classes))
         dt = (time.perf_counter() - t) / len(pending)
         for k, (f, a) in enumerate(pending):
             yield Prediction(f, a, labels[k], p[k].half().numpy() if return_probs else None, dt)
         pending.clear()
 
-    for f, image in _read_ahead(collect_images(inputs), max_pixels):
+    for f, image in _read_ahead(collect_images(inputs), max_pixels, channels=channels):
         if isinstance(image, Exception):
             yield from flush()
             yield Prediction(f, error=str(image))
@@ -290,6 +315,36 @@ def _save_probs(probs: np.ndarray, names: list[str], path: Path) -> None:
             np.savez_compressed(f, probs=probs, class_names=np.array(names))
 
     atomic_write(path, write)
+
+
+def _write_outputs(model, r: Prediction, stem: str, out: Path, save_overlay: bool, save_probs: bool,
+                   alpha: float) -> tuple[list[str], np.ndarray]:
+    """Writes one image's files; returns their names (relative to ``out``) and each class's pixel share.
+
+    Multiclass and binary: ``NAME.png`` (palette PNG of labels) and ``NAME_overlay.jpg``. Multilabel:
+    ``masks/CLASS/NAME.png`` per class (grey PNG, 255 where the class is present, else 0: the layout the
+    multilabel dataset reads) and no overlay (classes may overlap).
+    """
+    if getattr(model, "task", "multiclass") == "multilabel":
+        written = []
+        for k, name in enumerate(model.class_names):
+            name = name if name not in ("", ".", "..") and not {"/", "\\"} & set(name) else str(k)
+            written.append(f"masks/{name}/{stem}.png")
+            (out / "masks" / name).mkdir(parents=True, exist_ok=True)
+            _save_image(Image.fromarray((r.labels[k] > 0).astype(np.uint8) * 255), out / written[-1])
+        shares = r.labels.reshape(r.labels.shape[0], -1).mean(1)
+    else:
+        written = [f"{stem}.png"]
+        _save_image(label_image(r.labels, model.palette), out / written[0])
+        if save_overlay:
+            written.append(f"{stem}_overlay.jpg")
+            _save_image(Image.fromarray(overlay(r.image, r.labels, model.palette, alpha)), out / written[-1],
+                        quality=90)
+        shares = class_shares(r.labels, model.num_classes)
+    if save_probs:
+        written.append(f"{stem}_probs.npz")
+        _save_probs(r.probs, model.class_names, out / written[-1])
+    return written, shares
 
 
 def _unique_stems(files: list[Path]) -> dict[Path, str]:
@@ -334,7 +389,8 @@ def predict_files(model, inputs: list, out: str | os.PathLike, *, save_overlay: 
     results, errors = [], []
     bar = tqdm(total=len(files), unit="img", disable=not (sys.stderr.isatty() if progress is None else progress))
     with torch.inference_mode():
-        probabilities(model, torch.rand(1, 3, 64, 64))  # warm-up, so the first timing is not the allocator's
+        # warm-up, so the first timing is not the allocator's
+        probabilities(model, torch.rand(1, getattr(model, "in_channels", 3), 64, 64))
     for r in predict_iter(model, files, return_probs=save_probs, **kw):
         bar.update(1)
         if r.error:
@@ -343,17 +399,8 @@ def predict_files(model, inputs: list, out: str | os.PathLike, *, save_overlay: 
                 bar.write(f"fcnseg: error: {r.error}", file=sys.stderr)
             continue
         stem = stems[r.path]
-        written = [f"{stem}.png"]
-        _save_image(label_image(r.labels, model.palette), out / written[0])
-        if save_overlay:
-            written.append(f"{stem}_overlay.jpg")
-            _save_image(Image.fromarray(overlay(r.image, r.labels, model.palette, alpha)), out / written[-1],
-                        quality=90)
-        if save_probs:
-            written.append(f"{stem}_probs.npz")
-            _save_probs(r.probs, names, out / written[-1])
-        shares = class_shares(r.labels, model.num_classes)
-        h, w = r.labels.shape
+        written, shares = _write_outputs(model, r, stem, out, save_overlay, save_probs, alpha)
+        h, w = r.labels.shape[-2:]
         results.append({"image": str(r.path), "size": [w, h], "ms": round(1000 * r.seconds, 1), "outputs": written,
                         "shares": {names[k]: round(float(shares[k]), 4) for k in np.argsort(-shares) if shares[k] > 0}})
         if verbose and bar.disable:

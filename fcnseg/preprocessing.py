@@ -18,15 +18,16 @@ class Preprocessing:
     """How a backbone's weights expect their input.
 
     Args:
-        mean: per-channel mean, in the input's channel order and value range (after ``scale``).
+        mean: per-channel mean, in the input's channel order and value range (after ``scale``); one value per
+            input channel (3 for RGB; see ``fcnseg.models.channels`` for grey and RGB-NIR).
         std: per-channel standard deviation, same convention as ``mean``.
         scale: factor applied to the [0, 1] RGB image first (255.0 for weights trained on 0..255 input).
         bgr: whether the weights expect BGR channel order (Caffe-trained VGG16).
         name: short label shown in model summaries.
     """
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     scale: float = 1.0
     bgr: bool = False
     name: str = "custom"
@@ -67,8 +68,10 @@ class Normalize(nn.Module):
 
     def set(self, pre: Preprocessing) -> None:
         self.pre = pre
-        mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
+        if len(pre.mean) != len(pre.std):
+            raise ValueError(f"preprocessing {pre.name!r}: {len(pre.mean)} means but {len(pre.std)} stds")
+        mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1)
         # Fold scale, mean and std into one multiply-add: x * a + b.
         a = pre.scale / std
         b = -mean / std

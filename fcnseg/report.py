@@ -87,7 +87,8 @@ def worst_images(model, dataset, per_image: list[dict], n: int = 8, device: str 
     out = []
     for r in worst:
         image, labels = dataset[r["index"]]
-        pred = _forward(net, image.unsqueeze(0).to(device)).argmax(1)[0].cpu().numpy()
+        scores = _forward(net, image.unsqueeze(0).to(device))
+        pred = (net.labels(scores) if hasattr(net, "labels") else scores.argmax(1))[0].cpu().numpy()
         raw, _ = dataset.tensors(r["index"])
         shown = raw.permute(1, 2, 0).numpy()
         if shown.shape[:2] != pred.shape:  # a dataset whose eval transform resizes: show the network's input

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .checkpoint import (
     WriteError,
@@ -42,9 +41,10 @@ from .checkpoint import (
     save_model,
     stale_temp_files,
 )
-from .data import IGNORE, build_dataset, eval_transforms, pad_collate, train_transforms
+from .data import MultilabelDataset, build_dataset, eval_transforms, pad_collate, train_transforms
 from .data.transforms import seeded
 from .evaluate import evaluate, format_table, write_report
+from .losses import TASKS, build_loss, parse_loss, segmentation_loss
 from .models import build_model, staged_init
 
 # The authors' learning rates for unnormalised (summed) loss with batch 1, by architecture.
@@ -115,6 +115,12 @@ class TrainConfig:
     loss_sample: float = 1.0
     loss_sample_stride: int = 32
     class_weights: str | list | None = None
+    task: str = "multiclass"
+    loss: str | dict | None = None
+    threshold: float = 0.5
+    in_channels: int = 3
+    channel_mean: list | None = None
+    channel_std: list | None = None
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool = False
@@ -222,10 +228,15 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.boundary_width >= 0, f"boundary_width must be >= 0, got {cfg.boundary_width}"),
         (cfg.scale is None or len(cfg.scale) == 2, f"scale must be [lo, hi] or null, got {cfg.scale}"),
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+        (cfg.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}"),
+        (0 < cfg.threshold < 1, f"threshold must be in (0, 1), got {cfg.threshold}"),
+        (cfg.in_channels in (1, 3, 4), f"in_channels must be 1, 3 or 4 for image files, got {cfg.in_channels}"),
+        (cfg.in_channels == 3 or not cfg.color_jitter, "color_jitter needs 3-channel (RGB) images"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ValueError(msg)
+    parse_loss(cfg.loss, cfg.task)  # an unknown loss or option stops the run before anything is read
     if cfg.crop is None and cfg.batch_size > 1:
         warnings.warn("whole images of different sizes in one batch are padded (image 0, labels 255)", stacklevel=3)
 
@@ -380,24 +391,30 @@ def load_data(cfg: TrainConfig, main: bool = True):
 
     resize = tuple(cfg.resize) if cfg.resize else None
     train_ds = build_dataset(cfg.dataset, cfg.root, cfg.train_split, **cfg.dataset_options)
+    multilabel = isinstance(train_ds, MultilabelDataset)
+    if (cfg.task == "multilabel") != multilabel:
+        raise ValueError(f"{cfg.root}: task {cfg.task} with dataset {cfg.dataset!r}; multilabel training reads "
+                         "one mask folder per class (dataset: multilabel), and only it")
+    train_ds.channels = cfg.in_channels
     problems = train_ds.check(skip_bad=cfg.skip_bad)
-    if train_ds.options:
+    if getattr(train_ds, "options", None):
         cfg.dataset_options = {**cfg.dataset_options, **train_ds.options}
     val_ds = None
     if cfg.val_split:
         val_ds = build_dataset(cfg.dataset, cfg.root, cfg.val_split, transforms=eval_transforms(resize),
                                **cfg.dataset_options)
+        val_ds.channels = cfg.in_channels
         problems += val_ds.check(skip_bad=cfg.skip_bad)
     if main:
         for p in problems:
             print(f"skipped: {p}", file=sys.stderr)
         for ds in (train_ds, val_ds):
-            if ds is not None:
+            if ds is not None and not multilabel:  # the summary counts one label per pixel
                 print(summary(ds, brief=True), flush=True)
-        if train_ds.options:
+        if getattr(train_ds, "options", None):
             print(f"inferred labels written to {Path(cfg.out) / 'config.yaml'} as dataset_options: "
                   f"{train_ds.options}", flush=True)
-    errors = training_errors(train_ds)
+    errors = [] if multilabel else training_errors(train_ds)
     if errors:
         raise DatasetError(errors[0])
     return train_ds, val_ds
@@ -444,16 +461,26 @@ def build(cfg: TrainConfig, class_names: list[str], palette) -> torch.nn.Module:
             state = load_checkpoint(src)
             c = state["config"]
             coarse = build_model(c["arch"], c["backbone"], n, padding=c["padding"], upsampling=c["upsampling"],
-                                 class_names=class_names)
+                                 class_names=class_names, task=c.get("task", "multiclass"),
+                                 threshold=c.get("threshold", 0.5), in_channels=c.get("in_channels", 3))
             coarse.normalize.set(_preprocessing_of(state))
             coarse.load_state_dict(state["model"])
         if coarse.num_classes != n:
             raise ValueError(f"{src}: model scores {coarse.num_classes} classes, the dataset has {n}")
+        if coarse.task != cfg.task or coarse.in_channels != cfg.in_channels:
+            raise ValueError(f"{src}: a {coarse.task} model of {coarse.in_channels} input channels, the config asks "
+                             f"for task {cfg.task} and in_channels {cfg.in_channels}")
+        coarse.threshold = cfg.threshold
         model = coarse if coarse.arch == cfg.arch else staged_init(coarse, cfg.arch)
         model.class_names = list(class_names)
     else:
+        if cfg.task == "binary" and n != 2:
+            raise ValueError(f"{cfg.root}: task binary needs 2 classes (background, foreground) after the "
+                             f"dataset's mapping (e.g. remap {{255: 1}} in dataset.yaml); it has {n}: {class_names}")
         model = build_model(cfg.arch, cfg.backbone, n, cfg.pretrained_backbone, padding=cfg.padding,
-                            upsampling=cfg.upsampling, class_names=class_names)
+                            upsampling=cfg.upsampling, class_names=class_names, task=cfg.task,
+                            threshold=cfg.threshold, in_channels=cfg.in_channels, channel_mean=cfg.channel_mean,
+                            channel_std=cfg.channel_std)
     model.palette = list(palette)[:n]
     return model
 
@@ -494,23 +521,6 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
             return warm
         return warm * max(0.0, 1 - step / max(total_steps, 1)) ** cfg.poly_power
     return f
-
-
-def segmentation_loss(scores: torch.Tensor, target: torch.Tensor, *, weight: torch.Tensor | None = None,
-                      reduction: str = "mean", sample: float = 1.0, stride: int = 32) -> torch.Tensor:
-    """Per-pixel multinomial logistic loss, ignoring label 255.
-
-    With ``sample < 1`` each ``stride x stride`` cell of the loss is kept with probability ``sample`` (the
-    paper's loss sampling, equivalent to patchwise training); the others are ignored for this step.
-    """
-    if sample < 1.0:
-        n, h, w = target.shape
-        keep = torch.rand(n, 1, -(-h // stride), -(-w // stride), device=target.device) < sample
-        keep = keep.repeat_interleave(stride, 2).repeat_interleave(stride, 3)[:, 0, :h, :w]
-        target = target.masked_fill(~keep, IGNORE)
-    if not (target != IGNORE).any():  # nothing to learn from (all ignored): a zero that keeps the graph
-        return scores.sum() * 0.0
-    return F.cross_entropy(scores.float(), target, weight=weight, ignore_index=IGNORE, reduction=reduction)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -573,6 +583,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     elif cfg.class_weights is not None:
         raise ValueError("class_weights must be null, median_frequency, sqrt_median_frequency or a list; "
                          f"got {cfg.class_weights!r}")
+    loss_fn = build_loss(cfg.loss, cfg.task, weight=weight, reduction=cfg.loss_reduction)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = resolve_amp(cfg.amp, device)
@@ -665,8 +676,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
                 scores = net(images)
-            loss = segmentation_loss(scores, labels, weight=weight, reduction=cfg.loss_reduction,
-                                     sample=cfg.loss_sample, stride=cfg.loss_sample_stride)
+            loss = segmentation_loss(scores, labels, sample=cfg.loss_sample, stride=cfg.loss_sample_stride,
+                                     loss=loss_fn)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step} (epoch {epoch + 1}); "
                                          f"lower lr (now {scheduler.get_last_lr()[0]:.3g}) or check the data")
@@ -698,7 +709,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                               boundary_width=cfg.boundary_width or None)
             if main:
                 logger.val(step, epoch, result, train_seconds)
-                score = result["mean_iu"] if result["mean_iu"] is not None else -1.0
+                score = result.get("foreground_iu" if cfg.task == "binary" else "mean_iu")
+                score = -1.0 if score is None else score  # None: no labelled pixel in the validation masks
                 if score > best or not (out / "best.safetensors").exists():
                     best = max(best, score)
                     save_model(model, out / "best.safetensors", epoch=epoch, step=step, val=_brief(result),
@@ -739,7 +751,8 @@ def eta(seconds_done: float, steps_done: int, steps_left: int) -> str:
 
 
 def _brief(result: dict) -> dict:
-    return {k: result[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu")}
+    return {k: result[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "mean_dice",
+                                   "foreground_iu") if k in result}
 
 
 def _progress(main: bool, total: int, initial: int, desc: str):
@@ -820,9 +833,10 @@ class _Logger:
                     self.tb.add_scalar(f"val/{k}", r[k], step)
 
         def pct(k: str) -> str:  # None: no labelled pixel in the validation masks
-            return "-" if r[k] is None else f"{100 * r[k]:.2f}"
+            return "-" if r.get(k) is None else f"{100 * r[k]:.2f}"
 
-        print(f"val epoch {epoch} step {step}: pixel acc {pct('pixel_acc')} mean acc {pct('mean_acc')} mean IU "
+        fg = "" if r.get("foreground_iu") is None else f"foreground IU {pct('foreground_iu')} "
+        print(f"val epoch {epoch} step {step}: {fg}pixel acc {pct('pixel_acc')} mean acc {pct('mean_acc')} mean IU "
               f"{pct('mean_iu')} fw IU {pct('fw_iu')} ({r['images_per_s']:.1f} img/s)", flush=True)
 
     def flush(self) -> None:

@@ -43,7 +43,10 @@ def reference_scores(pairs, n):
     iu = [tp[c] / (gt[c] + pr[c] - tp[c]) for c in range(n) if present[c]]
     acc = [tp[c] / gt[c] for c in range(n) if gt[c] > 0]
     fw = sum(gt[c] / gt.sum() * tp[c] / (gt[c] + pr[c] - tp[c]) for c in range(n) if present[c])
-    return {"pixel_acc": tp.sum() / gt.sum(), "mean_acc": np.mean(acc), "mean_iu": np.mean(iu), "fw_iu": fw}
+    dice = [2 * tp[c] / (gt[c] + pr[c]) for c in range(n) if present[c]]
+    prec = [tp[c] / pr[c] if pr[c] > 0 else 0.0 for c in range(n) if present[c]]
+    return {"pixel_acc": tp.sum() / gt.sum(), "mean_acc": np.mean(acc), "mean_iu": np.mean(iu), "fw_iu": fw,
+            "mean_dice": np.mean(dice), "mean_precision": np.mean(prec), "mean_recall": np.mean(acc)}
 
 
 def test_evaluate_cli_writes_metrics_plots_and_predictions_that_reproduce_the_scores(tmp_path, shapes, model_file):
@@ -56,7 +59,7 @@ def test_evaluate_cli_writes_metrics_plots_and_predictions_that_reproduce_the_sc
     r = _cli("evaluate", "--model", str(model_file), "--dataset", "folder", "--root", str(shapes), "--split", "val",
              "--out", str(out), "--save-predictions")
     assert r.returncode == 0, r.stderr
-    assert "mean IU" in r.stdout and "square" in r.stdout
+    assert "mean IU" in r.stdout and "square" in r.stdout and "mean Dice" in r.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "per_class_acc", "class_names",
                 "num_images"):
@@ -72,6 +75,8 @@ def test_evaluate_cli_writes_metrics_plots_and_predictions_that_reproduce_the_sc
     ref = reference_scores(pairs, 3)
     for key, value in ref.items():
         assert metrics[key] == pytest.approx(value, abs=1e-9), key
+    for iu, dice in zip(metrics["per_class_iu"], metrics["per_class_dice"]):  # Dice = 2 IU / (1 + IU)
+        assert (iu is None) == (dice is None) and (iu is None or dice == pytest.approx(2 * iu / (1 + iu)))
     for name in ("confusion_matrix.png", "per_class_iu.png"):
         with Image.open(out / name) as im:
             assert im.size[0] > 100 and im.size[1] > 100

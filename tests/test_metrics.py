@@ -130,3 +130,56 @@ def test_boundary_scores_only_count_the_band():
     edge.update(torch.where(band, target, 255), pred)
     assert whole.compute()["mean_iu"] < 0.9
     assert edge.compute()["mean_iu"] == 1.0
+
+
+def f_reference(t: np.ndarray, p: np.ndarray, n: int) -> dict:
+    """Dice, precision and recall class by class from the pixel sets (not from a confusion matrix)."""
+    out = {"dice": [], "precision": [], "recall": []}
+    for c in range(n):
+        in_t, in_p = t == c, p == c
+        both = np.sum(in_t & in_p)
+        occurs = in_t.any() or in_p.any()
+        out["dice"].append(2 * both / (in_t.sum() + in_p.sum()) if occurs else None)
+        out["precision"].append((both / in_p.sum() if in_p.any() else 0.0) if occurs else None)
+        out["recall"].append(both / in_t.sum() if in_t.any() else None)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dice_precision_recall_match_a_per_class_reference(seed):
+    rng = np.random.default_rng(seed)
+    n = 6
+    t = rng.integers(0, n - 2, (40, 30))  # classes 4 and 5 never in the ground truth
+    p = np.where(rng.random(t.shape) < 0.5, t, rng.integers(0, n - 1, t.shape))  # 5 never predicted either
+    p[t == 3] = 0  # class 3 never predicted: precision 0, recall 0
+    t[rng.random(t.shape) < 0.1] = 255
+    cm = ConfusionMatrix(n)
+    cm.update(torch.from_numpy(t), torch.from_numpy(p))
+    got = cm.compute()
+    valid = t != 255
+    ref = f_reference(t[valid], p[valid], n)
+    for key, values in ref.items():
+        assert [v is None for v in got[f"per_class_{key}"]] == [v is None for v in values], key
+        for g, r in zip(got[f"per_class_{key}"], values):
+            assert r is None or g == pytest.approx(r, abs=1e-12), key
+        defined = [v for v in values if v is not None]
+        assert got[f"mean_{key}"] == pytest.approx(np.mean(defined), abs=1e-12), key
+    assert got["per_class_precision"][3] == 0.0 and got["per_class_recall"][3] == 0.0
+    assert got["per_class_dice"][5] is None and got["per_class_recall"][4] is None
+    assert got["per_class_recall"] == pytest.approx([a if a == a else None for a in got["per_class_acc"]])
+
+
+def test_dice_by_hand_and_no_nan_when_everything_is_ignored():
+    # Class 1: 2 pixels true, 3 predicted, 2 in common: Dice 4/5, precision 2/3, recall 1.
+    t = torch.tensor([0, 0, 1, 1, 0])
+    p = torch.tensor([0, 1, 1, 1, 0])
+    s = ConfusionMatrix(2)
+    s.update(t, p)
+    got = s.compute()
+    assert got["per_class_dice"][1] == pytest.approx(0.8) and got["per_class_precision"][1] == pytest.approx(2 / 3)
+    assert got["per_class_recall"][1] == 1.0 and got["per_class_dice"][0] == pytest.approx(4 / 5)
+    empty = ConfusionMatrix(3)
+    empty.update(torch.full((4, 4), 255), torch.zeros(4, 4, dtype=torch.int64))
+    got = empty.compute()
+    assert got["mean_dice"] is None and got["mean_precision"] is None and got["mean_recall"] is None
+    assert got["per_class_dice"] == [None] * 3

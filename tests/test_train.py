@@ -123,6 +123,24 @@ def test_config_errors(tmp_path):
         load_config(tmp_path / "nope.yaml")
     cfg = load_config(REPO / "configs" / "camvid-fcn8s-lite0.yaml", ["epochs=3", "crop=[64, 64]", "amp=off"])
     assert cfg.epochs == 3 and cfg.crop == [64, 64] and cfg.amp == "off" and cfg.backbone == "efficientnet_lite0"
+    with pytest.raises(ValueError, match="unknown loss 'dcie'; did you mean 'dice'"):
+        load_config(None, ["loss={ce: 1, dcie: 0.5}"])
+    with pytest.raises(ValueError, match="task must be one of multiclass, binary, multilabel"):
+        load_config(None, ["task=binay"])
+    with pytest.raises(ValueError, match="config key 'loss' must be str or dict or null"):
+        load_config(None, ["loss=3"])
+    assert load_config(None, ["loss=dice"]).loss == "dice"
+
+
+def test_a_weighted_sum_of_losses_trains(tmp_path, shapes):
+    cfg = load_config(None, tiny(shapes, tmp_path, max_steps=3, val_split=None,
+                                 loss={"ce": 1.0, "lovasz": 0.5, "dice": {"weight": 0.5, "smooth": 1.0}}))
+    train(cfg)
+    with open(tmp_path / "train_log.csv") as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    # Zero-initialised score layers: every class at 1/3, so CE = log 3; Dice and Lovasz losses lie in (0, 1]
+    # and, weighted 0.5 each, add more than nothing and at most 1.
+    assert len(losses) == 3 and np.log(3) + 1e-3 < losses[0] <= np.log(3) + 1 + 1e-4
 
 
 def test_bad_data_stops_before_training(tmp_path, shapes):

@@ -83,6 +83,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         options: the builder options that give the same classes and mapping without inferring them again
             (folder datasets; written into a run's ``config.yaml``).
         notes: warnings found while pairing files (images without a matching name, masks without an image).
+        channels: image channels read (3 RGB; 1 grey; 4 for 4-band files such as RGB-NIR), see
+            ``images.decode_image``; training sets it from ``in_channels``.
     """
 
     samples: list[Sample]
@@ -99,6 +101,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     options: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     stats: DatasetStats | None = field(default=None, repr=False)
+    channels: int = 3
 
     def __post_init__(self) -> None:
         if self.mask_format not in ("index", "rgb", "mat"):
@@ -122,7 +125,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """The image as ``HxWx3`` uint8 RGB, upright per EXIF unless ``exif`` is off; ``DatasetError`` if bad."""
         path = self.samples[i].image
         try:
-            return decode_image(path, exif=self.exif)
+            return decode_image(path, exif=self.exif, channels=self.channels)
         except FileNotFoundError:
             raise DatasetError(f"{path}: image file is missing") from None
         except ImageError as e:

@@ -25,8 +25,9 @@ class ImageError(ValueError):
 
 
 def decode_image(path: str | os.PathLike | BinaryIO, max_pixels: int | None = MAX_PIXELS, exif: bool = True,
-                 name: str | None = None) -> np.ndarray:
-    """Reads ``path`` as an ``HxWx3`` uint8 RGB array.
+                 name: str | None = None, channels: int = 3) -> np.ndarray:
+    """Reads ``path`` as an ``HxWx3`` uint8 RGB array (``channels`` 1: ``HxWx1`` grey; 4: ``HxWx4``, a
+    4-band file such as an RGB-NIR PNG/TIFF stored as RGBA or CMYK, whose bands are read as they are).
 
     Args:
         path: the image file, or a binary file object positioned at its start (an upload held in memory).
@@ -34,6 +35,7 @@ def decode_image(path: str | os.PathLike | BinaryIO, max_pixels: int | None = MA
         exif: turn the image upright per its EXIF orientation (photos); datasets turn it off so that images
             stay aligned with their masks, which carry no orientation.
         name: what messages call the image (default: the path, or "upload" for a file object).
+        channels: 3 (RGB), 1 (grey: colour files are converted) or 4 (the file must have 4 bands).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -59,7 +61,7 @@ def decode_image(path: str | os.PathLike | BinaryIO, max_pixels: int | None = MA
             im.load()
             if exif:
                 im = ImageOps.exif_transpose(im)
-            return _to_rgb(im)
+            return _to_rgb(im) if channels == 3 else _to_channels(im, channels, path)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -76,6 +78,28 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     """An already open PIL image as ``HxWx3`` uint8 RGB by ``decode_image``'s rules (16/32-bit grey scaled by
     its type's range, not clipped; alpha dropped). No EXIF rotation: the caller holds the image as it wants it."""
     return _to_rgb(im)
+
+
+def pil_to_array(im: Image.Image, channels: int = 3) -> np.ndarray:
+    """``pil_to_rgb`` for ``channels`` 3; ``HxWx1`` grey or ``HxWx4`` bands otherwise (see ``decode_image``).
+
+    Raises:
+        ImageError: an image without the bands asked for, or ``channels`` other than 1, 3 or 4.
+    """
+    return _to_rgb(im) if channels == 3 else _to_channels(im, channels, "image")
+
+
+def _to_channels(im: Image.Image, channels: int, path) -> np.ndarray:
+    """Grey (``HxWx1``; colour and 16-bit files converted as ``_to_rgb`` does, then to luma) or 4 bands."""
+    if channels == 1:
+        if im.mode in ("L", "I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            return _to_rgb(im)[:, :, :1]
+        return np.array(Image.fromarray(_to_rgb(im)).convert("L"))[:, :, None]
+    if channels == 4:
+        if len(im.getbands()) != 4:
+            raise ImageError(f"{path}: has {len(im.getbands())} bands ({im.mode}), the model reads 4")
+        return np.array(im if im.mode in ("RGBA", "CMYK") else im.convert("RGBA"))
+    raise ImageError(f"{path}: image files give 1, 3 or 4 channels, not {channels}")
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:

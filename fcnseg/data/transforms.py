@@ -87,14 +87,15 @@ def eval_transforms(resize: tuple[int, int] | None = None) -> Joint:
 
 
 def pad_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stacks images of different sizes by padding to the largest (image 0, labels 255) at bottom/right."""
+    """Stacks images of different sizes by padding to the largest (image 0, labels 255) at bottom/right.
+    Labels are ``(H, W)`` or, multilabel, ``(K, H, W)``."""
     h = max(img.shape[-2] for img, _ in batch)
     w = max(img.shape[-1] for img, _ in batch)
-    images = torch.zeros(len(batch), 3, h, w)
-    labels = torch.full((len(batch), h, w), IGNORE, dtype=torch.int64)
+    images = torch.zeros(len(batch), batch[0][0].shape[0], h, w)
+    labels = torch.full((len(batch), *batch[0][1].shape[:-2], h, w), IGNORE, dtype=torch.int64)
     for k, (img, lab) in enumerate(batch):
         images[k, :, : img.shape[-2], : img.shape[-1]] = img
-        labels[k, : lab.shape[-2], : lab.shape[-1]] = lab
+        labels[k, ..., : lab.shape[-2], : lab.shape[-1]] = lab
     return images, labels
 
 

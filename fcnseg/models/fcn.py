@@ -18,6 +18,7 @@ from torch import nn
 
 from ..data.palettes import default_palette
 from ..preprocessing import Normalize, Preprocessing
+from ..tasks import check_task, labels_from_scores, output_channels
 from .geometry import Affine, nominal
 from .trunks import STRIDES, build_trunk
 from .upsample import BilinearUpsample
@@ -53,24 +54,31 @@ class FCN(nn.Module):
             "same"-padded trunks' cells to sit at their nominal place (``geometry.nominal``, off by up to half
             a stride); such models get inputs padded to a multiple of 32, the sizes they were trained on, so
             their outputs no longer move with the input size.
+        task: "multiclass" (softmax over ``num_classes``), "binary" (``num_classes`` 2: background and
+            foreground, scored with one logit) or "multilabel" (``num_classes`` independent sigmoids); see
+            ``fcnseg.tasks``.
+        threshold: binary and multilabel: probability from which a pixel is foreground / has the class.
 
     Raises:
-        ValueError: an unknown ``arch``, ``upsampling`` or ``alignment``, or a bad ``num_classes``.
+        ValueError: an unknown ``arch``, ``upsampling``, ``alignment`` or ``task``, or a bad ``num_classes``.
     """
 
     def __init__(self, trunk: nn.Module, num_classes: int, arch: str = "fcn8s", upsampling: str = "paper",
-                 class_names: list[str] | None = None, alignment: str = "exact") -> None:
+                 class_names: list[str] | None = None, alignment: str = "exact", *, task: str = "multiclass",
+                 threshold: float = 0.5) -> None:
         super().__init__()
         _check_choice("arch", arch, ARCHS)
         _check_choice("upsampling", upsampling, UPSAMPLING)
         _check_choice("alignment", alignment, ALIGNMENTS)
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2 (background counts as a class); got {num_classes!r}")
+        _check_num_classes(num_classes, task, threshold)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
         self.arch, self.num_classes, self.upsampling, self.alignment = arch, num_classes, upsampling, alignment
+        self.task, self.threshold = task, float(threshold)
+        self.in_channels = getattr(trunk, "in_channels", 3)  # see channels.adapt_input_channels
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.palette = default_palette(num_classes)  # colours for drawing; datasets and saved models set theirs
+        num_classes = output_channels(task, num_classes)  # from here on: channels scored (1 for binary)
         self.normalize = Normalize(trunk.preprocessing)
         self.trunk = trunk
         channels = dict(zip(STRIDES, trunk.channels))
@@ -123,7 +131,8 @@ class FCN(nn.Module):
                 "padding": self.trunk.padding, "upsampling": self.upsampling, "alignment": self.alignment,
                 "class_names": self.class_names,
                 "palette": [list(map(int, c)) for c in self.palette],
-                "preprocessing": self.preprocessing.to_dict()}
+                "preprocessing": self.preprocessing.to_dict(), "task": self.task, "threshold": self.threshold,
+                "in_channels": self.in_channels}
 
     def score_layers(self) -> list[nn.Conv2d]:
         return [self.score_fr] + [getattr(self, SKIP_NAMES[s][0]) for s in self.skips]
@@ -140,7 +149,7 @@ class FCN(nn.Module):
             up.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x)
+        _check_input(x, self.in_channels)
         height, width = x.shape[-2], x.shape[-1]
         top = left = 0
         if self.input_multiple > 1:
@@ -175,7 +184,8 @@ class FCN(nn.Module):
                 large images), ``overlap``, ``flip`` (test-time augmentation), ``max_size``, ``batch_size``.
 
         Returns:
-            ``(H, W)`` int64 labels (``(N, H, W)`` for a batch), on the CPU.
+            ``(H, W)`` int64 labels (``(N, H, W)`` for a batch), on the CPU: class indices, 0/1 for a binary
+            model; a multilabel model gives ``(K, H, W)`` (``(N, K, H, W)``) 0/1 per class.
         """
         from ..predict import predict_image, probabilities
 
@@ -184,13 +194,22 @@ class FCN(nn.Module):
         try:
             if batch:
                 with torch.inference_mode():
-                    return probabilities(self, image, flip=kwargs.get("flip", False)).argmax(1)
+                    from ..tasks import decide
+
+                    return decide(probabilities(self, image, flip=kwargs.get("flip", False)), self.task,
+                                  self.threshold)
             return torch.from_numpy(predict_image(self, image, **kwargs)[0].astype(np.int64))
         finally:
             self.train(was_training)
 
     def extra_repr(self) -> str:
-        return f"arch={self.arch}, num_classes={self.num_classes}, upsampling={self.upsampling}"
+        task = "" if self.task == "multiclass" else f", task={self.task}"
+        return f"arch={self.arch}, num_classes={self.num_classes}, upsampling={self.upsampling}{task}"
+
+    def labels(self, scores: torch.Tensor) -> torch.Tensor:
+        """Labels from this model's scores: ``(N, H, W)`` (multiclass: argmax; binary: 0/1 by the threshold)
+        or ``(N, K, H, W)`` 0/1 (multilabel). See ``fcnseg.tasks``."""
+        return labels_from_scores(scores, self.task, self.threshold)
 
 
 def _aligned_upsample(src: Affine, dst: Affine, channels: int, mode: str, learnable: bool
@@ -244,11 +263,22 @@ def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
-def _check_input(x: torch.Tensor) -> None:
+def _check_num_classes(num_classes, task: str, threshold: float) -> None:
+    check_task(task, threshold)
+    if task == "binary" and num_classes != 2:
+        raise ValueError(f"a binary model has 2 classes (background, foreground); got num_classes {num_classes!r}")
+    low = 1 if task == "multilabel" else 2
+    if not isinstance(num_classes, int) or num_classes < low:
+        raise ValueError(f"num_classes must be an integer >= {low}"
+                         f"{' (background counts as a class)' if low == 2 else ''}; got {num_classes!r}")
+
+
+def _check_input(x: torch.Tensor, channels: int = 3) -> None:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor of shape (N, 3, H, W); got {type(x).__name__}")
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected an RGB batch of shape (N, 3, H, W); got shape {tuple(x.shape)}")
+        raise TypeError(f"expected a torch.Tensor of shape (N, {channels}, H, W); got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != channels:
+        kind = "an RGB batch" if channels == 3 else f"a {channels}-channel batch"
+        raise ValueError(f"expected {kind} of shape (N, {channels}, H, W); got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"expected a float tensor with values in [0, 1]; got dtype {x.dtype}")
 
@@ -279,7 +309,8 @@ def to_tensor(image) -> torch.Tensor:
 
 def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=None, *,
                 padding: str | None = None, upsampling: str = "paper",
-                class_names: list[str] | None = None, alignment: str = "exact") -> FCN:
+                class_names: list[str] | None = None, alignment: str = "exact", task: str = "multiclass",
+                threshold: float = 0.5, in_channels: int = 3, channel_mean=None, channel_std=None) -> FCN:
     """Builds an FCN.
 
     Args:
@@ -294,14 +325,18 @@ def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=
         upsampling: "paper", "fixed" or "learned" (see ``FCN``).
         class_names: optional class names (length ``num_classes``).
         alignment: "exact" (default) or "legacy" (models saved by fcnseg 0.1; see ``FCN``).
+        task, threshold: see ``FCN`` ("multiclass", "binary" or "multilabel"; 0.5).
+        in_channels: image channels (1 grey, 3 RGB, 4 RGB-NIR, any N): the first convolution is adapted from
+            the (pretrained) RGB weights by ``timm.models.adapt_input_conv`` (see ``fcnseg.models.channels``).
+        channel_mean, channel_std: per-channel preprocessing for ``in_channels`` channels (default: derived
+            from the weights' RGB statistics), in the [0, 1] range of the input (times the weights' scale).
 
     Raises:
-        ValueError: an unknown arch, backbone, padding, upsampling or alignment, or a bad ``num_classes``.
+        ValueError: an unknown arch, backbone, padding, upsampling, alignment or task, or a bad ``num_classes``.
     """
     _check_choice("arch", arch, ARCHS)
     _check_choice("alignment", alignment, ALIGNMENTS)
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2 (background counts as a class); got {num_classes!r}")
+    _check_num_classes(num_classes, task, threshold)
     if alignment == "legacy" and backbone.startswith("efficientnet_lite") and padding in (None, "same"):
         padding = "tf"  # fcnseg 0.1 built EfficientNet-Lite with TensorFlow's "same" padding
     trunk = build_trunk(backbone, padding)
@@ -309,7 +344,11 @@ def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=
         from .weights import load_backbone_weights
 
         load_backbone_weights(trunk, backbone, pretrained_backbone)
-    return FCN(trunk, num_classes, arch, upsampling, class_names, alignment)
+    if in_channels != 3 or channel_mean is not None or channel_std is not None:
+        from .channels import adapt_input_channels
+
+        adapt_input_channels(trunk, in_channels, channel_mean, channel_std)
+    return FCN(trunk, num_classes, arch, upsampling, class_names, alignment, task=task, threshold=threshold)
 
 
 def staged_init(coarse: FCN, arch: str | None = None) -> FCN:
@@ -332,7 +371,7 @@ def staged_init(coarse: FCN, arch: str | None = None) -> FCN:
     import copy
 
     fine = FCN(copy.deepcopy(coarse.trunk), coarse.num_classes, arch, coarse.upsampling, coarse.class_names,
-               coarse.alignment)
+               coarse.alignment, task=coarse.task, threshold=coarse.threshold)
     fine.normalize.set(coarse.preprocessing)
     kept = {k: v for k, v in coarse.state_dict().items() if not k.startswith(coarse.final_name + ".")}
     missing, unexpected = fine.load_state_dict(kept, strict=False)

@@ -286,7 +286,8 @@ def segment(model, data: bytes, name: str, max_pixels: int, flip: bool, max_size
     """Decodes and segments one upload (runs in a worker thread): labels, the label PNG and class shares."""
     t = time.perf_counter()
     try:
-        image = decode_image(io.BytesIO(data), max_pixels=max_pixels, exif=True, name=name)
+        image = decode_image(io.BytesIO(data), max_pixels=max_pixels, exif=True, name=name,
+                             channels=getattr(model, "in_channels", 3))
     except ImageError as e:
         raise HTTPException(422, str(e)) from None
     labels, _ = predict_image(model, image, flip=flip, max_size=max_size)
@@ -329,6 +330,9 @@ def load_models(specs: list[str], device: str = "auto") -> dict[str, object]:
         spec = str(spec)
         backend = "onnxruntime" if spec.endswith(".onnx") else "torch"
         model = _load_for_inference(spec, backend, device)
+        if getattr(model, "task", "multiclass") == "multilabel":
+            raise ValueError(f"{spec}: a multilabel model (one mask per class); serve answers with one label map "
+                             "per image, so it serves multiclass and binary models only (use fcnseg predict)")
         name = model_name(spec)
         base, k = name, 1
         while name in models:
@@ -338,7 +342,8 @@ def load_models(specs: list[str], device: str = "auto") -> dict[str, object]:
         import torch
 
         with torch.inference_mode():
-            probabilities(model, torch.rand(1, 3, 64, 64))  # warm-up: the first request is not the allocator's
+            # warm-up: the first request is not the allocator's
+            probabilities(model, torch.rand(1, getattr(model, "in_channels", 3), 64, 64))
         models[name] = model
     if not models:
         raise ValueError("serve: no model given")
