@@ -202,6 +202,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_push(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .hub import push
+
+    with tempfile.TemporaryDirectory(prefix="fcnseg-push-") as staging:
+        files = push(args.model, args.repo, dry_run=args.dry_run, revision=args.revision, private=args.private,
+                     message=args.message, staging=Path(staging) / Path(str(args.model)).stem)
+        verb = "would upload" if args.dry_run else "uploaded"
+        print(f"{verb} {len(files)} files to {args.repo}" + (f"@{args.revision}" if args.revision else "") + ":")
+        for f in files:
+            print(f"  {f.name}\t{f.stat().st_size}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -266,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("predict", help="segment images: label PNGs, overlays, probabilities, class shares")
     r.add_argument("inputs", nargs="+", help="image files, folders of images, or glob patterns")
     r.add_argument("--model", default="camvid-fcn8s-lite0",
-                   help="a pretrained name, a .safetensors file, or an .onnx file from fcnseg export")
+                   help="a pretrained name, a .safetensors file, a Hub-style folder, hf://ORG/NAME[@REV], or an "
+                        ".onnx file from fcnseg export")
     r.add_argument("--backend", choices=("torch", "onnxruntime"),
                    help="run with PyTorch or ONNX Runtime (default: torch; onnxruntime for .onnx files)")
     r.add_argument("--out", default="outputs/predict")
@@ -307,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (warning: no line per request)")
     s.set_defaults(func=_cmd_serve)
+
+    h = sub.add_parser("push", help="upload a model to the Hugging Face Hub as config.json, model.safetensors and "
+                                    "README.md (needs huggingface_hub and a token)")
+    h.add_argument("--model", required=True, help="a Hub-style folder, a .safetensors file or a pretrained name")
+    h.add_argument("--repo", required=True, help="ORG/NAME on the Hub")
+    h.add_argument("--revision", help="branch to push to (default: main)")
+    h.add_argument("--private", action="store_true", help="create the repository as private")
+    h.add_argument("--message", help="commit message")
+    h.add_argument("--dry-run", action="store_true", help="list the exact files and sizes; send nothing")
+    h.set_defaults(func=_cmd_push)
     return p
 
 

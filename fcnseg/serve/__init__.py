@@ -304,6 +304,10 @@ GENERIC_STEMS = ("best", "last", "model", "final", "checkpoint")
 def model_name(spec: str) -> str:
     """A model's name in the app and API: a pretrained name as it is; a file's stem, or for the generic stems
     a training run writes (``runs/cells/best.safetensors``) its folder and stem ("cells-best")."""
+    if spec.startswith("hf://"):
+        return spec[len("hf://"):].split("/")[-1].replace("@", "-")
+    if Path(spec).is_dir():
+        return Path(spec).resolve().name
     if not spec.endswith((".safetensors", ".onnx")):
         return spec
     path = Path(spec)
