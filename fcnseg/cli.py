@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="pixel acc, mean acc, mean IU, fw IU of a model on a dataset")
     e.add_argument("--model", required=True, help="a pretrained model name or a .safetensors file")
-    e.add_argument("--dataset", required=True, help="camvid, voc, sbd or folder")
+    e.add_argument("--dataset", required=True, help="camvid, voc, sbd, cityscapes, ade20k or folder")
     e.add_argument("--root", required=True, help="the dataset folder")
     e.add_argument("--split", default="val")
     e.add_argument("--out", default="outputs/evaluate", help="folder for metrics.json and plots")
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dt.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("check", help="read every image and mask; print sizes, mask values, the label mapping, "
                         "class shares, EXIF rotations and warnings (exit 1 on bad files or untrainable data)")
-    c.add_argument("--dataset", required=True, help="camvid, voc, sbd or folder")
+    c.add_argument("--dataset", required=True, help="camvid, voc, sbd, cityscapes, ade20k or folder")
     c.add_argument("--root", required=True, help="the dataset folder")
     c.add_argument("--split", help="a split (default: the whole folder; train for the others)")
     c.add_argument("--dataset-options", help='extra dataset arguments as JSON, e.g. \'{"snap": true}\'')
