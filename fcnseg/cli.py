@@ -198,7 +198,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_upload_bytes=round(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                     workers=args.workers, queue=args.queue)
     serve(args.model or ["camvid-fcn8s-lite0"], host=args.host, port=args.port, limits=limits, device=args.device,
-          threads=args.threads, log_level=args.log_level)
+          threads=args.threads, log_level=args.log_level, drain_timeout=args.drain_timeout)
     return 0
 
 
@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (warning: no line per request)")
+    s.add_argument("--drain-timeout", type=float, default=60.0, metavar="S",
+                   help="on SIGTERM/Ctrl-C, seconds to finish admitted requests before exiting anyway")
     s.set_defaults(func=_cmd_serve)
 
     h = sub.add_parser("push", help="upload a model to the Hugging Face Hub as config.json, model.safetensors and "

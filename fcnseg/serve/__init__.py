@@ -8,6 +8,14 @@ network) and an API described by its OpenAPI schema at ``/openapi.json``:
   ``Accept: image/png``, the label PNG itself.
 - ``GET /models``: the loaded models with their classes and palettes.
 - ``GET /healthz``: liveness, the queue's state and the upload limits.
+- ``GET /readyz``: readiness: 200 once the models are loaded and warmed up and the app has started, 503 while it
+  shuts down (load balancers stop sending; what was admitted is finished).
+- ``GET /metrics``: Prometheus metrics (``fcnseg.serve.metrics``): requests by endpoint and status, latency and
+  model-time histograms, queue depth, images in flight.
+
+Shutting down (SIGTERM or Ctrl-C): the listening socket closes, ``/readyz`` turns 503, new uploads on open
+connections get 503, and every admitted request (running or queued) is answered before the process exits, for up
+to ``drain_timeout`` seconds.
 
 What protects the host: uploads larger than ``max_upload_bytes`` are refused (413) before they are parsed; the
 content is sniffed by Pillow (the file name and the declared type are ignored) and only common photo formats are
@@ -21,6 +29,7 @@ Every refusal is JSON ``{"detail": "..."}`` naming the problem, and the server g
 
 import asyncio
 import base64
+import contextlib
 import io
 import ipaddress
 import json
@@ -45,6 +54,7 @@ from pydantic import BaseModel, Field
 from ..data.images import ImageError, decode_image
 from ..data.palettes import label_image
 from ..predict import class_shares, predict_image, probabilities
+from .metrics import MetricsMiddleware, ServeMetrics
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("fcnseg.serve")
@@ -107,6 +117,11 @@ class PredictBody(BaseModel):
     queue_ms: float = Field(description="milliseconds spent waiting for a worker")
     shares: list[ClassShare] = Field(description="every class of the model, in label order")
     labels_png: str = Field(description="base64 palette PNG of class indices at the image's size")
+
+
+class ReadyBody(BaseModel):
+    status: Literal["ready"]
+    models: list[str]
 
 
 class ModelBody(BaseModel):
@@ -361,10 +376,21 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
         raise ValueError("serve: no model given")
     default = next(iter(models))
     gate = Gate(limits.workers, limits.queue)
+    state = {"started": False, "draining": False}
+    metrics = ServeMetrics(gate, lambda: state["started"] and not state["draining"])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        state["started"] = True
+        yield
+        state["started"] = False
+        gate.executor.shutdown(wait=True)  # every admitted request has been answered by now (uvicorn drains first)
+
     app = FastAPI(title="fcnseg", version="0.1.0", docs_url=None, redoc_url=None,  # the docs pages load CDN files
                   description="Semantic segmentation with Fully Convolutional Networks. Upload an image to "
-                              "POST /predict; GET /models lists the classes and colours of each model.")
-    app.state.gate = gate
+                              "POST /predict; GET /models lists the classes and colours of each model.",
+                  lifespan=lifespan)
+    app.state.gate, app.state.metrics, app.state.lifecycle = gate, metrics, state
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -392,6 +418,19 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
                 "running": gate.running, "waiting": max(0, gate.pending - gate.running), "served": gate.served,
                 "max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                 "formats": list(FORMATS_TEXT.replace(" or ", ", ").split(", "))}
+
+    @app.get("/readyz", response_model=ReadyBody, summary="readiness: models loaded and not shutting down",
+             responses={503: {"model": ErrorBody, "description": "starting or shutting down"}})
+    async def readyz():
+        if state["draining"] or not state["started"]:
+            why = "shutting down" if state["draining"] else "starting"
+            return JSONResponse({"detail": f"not ready: {why}"}, status_code=503)
+        return {"status": "ready", "models": list(models)}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_page() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.get("/models", response_model=list[ModelBody], summary="the loaded models, their classes and colours")
     async def list_models() -> list[dict]:
@@ -421,6 +460,8 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
         # Admission first, so a full server refuses before copying the (spooled) upload into memory.
         if gate.pending >= gate.workers + gate.queue:
             return _busy(gate)
+        if state["draining"]:
+            return JSONResponse({"detail": "shutting down: not taking new images"}, status_code=503)
         data = await file.read()
         fmt, _, _ = sniff(data, name, limits.max_pixels)
         try:
@@ -429,6 +470,7 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
             return _busy(gate)
         finally:
             del data
+        metrics.observe_image(key, result["ms"] / 1000)
         want_png = format == "png" or (format is None and _prefers_png(request.headers.get("accept", "")))
         if want_png:
             stem = name.rsplit(".", 1)[0].replace(" ", "_") or "upload"
@@ -443,6 +485,7 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
                 "labels_png": base64.b64encode(result["png"]).decode("ascii")}
 
     app.add_middleware(Guard, max_bytes=limits.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the Guard's refusals too
     return app
 
 
@@ -468,8 +511,9 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
-          device: str = "auto", threads: int | None = None, log_level: str = "info") -> None:
-    """Loads the models and serves the app until interrupted.
+          device: str = "auto", threads: int | None = None, log_level: str = "info",
+          drain_timeout: float = 60.0) -> None:
+    """Loads the models and serves the app until interrupted; on SIGTERM/SIGINT, answers what it admitted first.
 
     Args:
         specs: model names or files (``load_models``); the first is the default.
@@ -479,6 +523,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: L
         device: where PyTorch models run.
         threads: torch's intra-op threads (None: torch's default).
         log_level: uvicorn's log level ("warning" hides the per-request lines).
+        drain_timeout: seconds to finish admitted requests after a shutdown signal before closing anyway.
     """
     import torch
     import uvicorn
@@ -497,8 +542,23 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: L
           f"{limits.max_pixels / 1e6:.0f} Mpixel)", flush=True)
     # limit_concurrency caps open connections too (uvicorn answers 503 beyond it), so idle clients cannot hold
     # unbounded memory either; the queue above is what normally answers first.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5,
-                limit_concurrency=limits.workers + limits.queue + 64)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5,
+                            limit_concurrency=limits.workers + limits.queue + 64,
+                            timeout_graceful_shutdown=drain_timeout)
+    _draining_server(config, app.state.lifecycle).run()
+
+
+def _draining_server(config, lifecycle: dict):
+    """A ``uvicorn.Server`` whose shutdown signal first marks the app as draining (``/readyz`` 503, no new
+    uploads); uvicorn then closes the listening socket and waits for the admitted requests."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            lifecycle["draining"] = True
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)
 
 
 __all__ = ["Limits", "create_app", "load_models", "serve", "sniff", "segment"]
