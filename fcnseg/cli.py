@@ -148,26 +148,64 @@ def _load_for_inference(name: str, backend: str, device: str):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import os
+
     import torch
 
-    from .predict import predict_files
+    from .predict import merge_summaries, parse_shard, predict_files
 
+    if args.merge_summaries:
+        merged = merge_summaries(args.merge_summaries)
+        print(f"merged {len(merged['images'])} images and {len(merged['errors'])} errors into "
+              f"{Path(args.merge_summaries) / 'summary.json'}")
+        return 0
+    if not args.inputs:
+        raise ValueError("predict: give image files, folders or patterns (or --merge-summaries DIR)")
     torch.set_num_threads(args.threads) if args.threads else None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    shard = parse_shard(args.shard) if args.shard else None
+    rank = 0
+    if world > 1 and shard is None:  # under torchrun: this process's share, merged by rank 0 at the end
+        from .train import setup_distributed
+
+        rank, world, _ = setup_distributed(args.device)
+        shard = (rank, world)
     backend = args.backend or ("onnxruntime" if str(args.model).endswith(".onnx") else "torch")
     model = _load_for_inference(args.model, backend, args.device)
     results, errors = predict_files(model, args.inputs, args.out, max_size=args.max_size,
                                     save_overlay=not args.no_overlay, save_probs=args.probs,
                                     tile=args.tile or None, overlap=args.overlap, flip=args.flip,
                                     batch_size=args.batch_size, max_pixels=args.max_pixels or None,
-                                    progress=None if not args.quiet else False, verbose=not args.quiet)
-    print(f"wrote {len(results)} predictions to {args.out}")
+                                    progress=None if not args.quiet else False, verbose=not args.quiet,
+                                    shard=shard, skip_existing=args.skip_existing)
+    skipped = sum(1 for r in results if r.get("skipped"))
+    print(f"wrote {len(results) - skipped} predictions to {args.out}" + (
+        f" ({skipped} skipped: their outputs exist)" if skipped else "") + (
+        f" (shard {shard[0]}/{shard[1]})" if shard else ""))
     if args.quiet:  # quiet drops the per-image lines, not the errors
         for error in errors:
             print(f"fcnseg: error: {error}", file=sys.stderr)
+    if world > 1 and not args.shard:
+        _merge_under_torchrun(rank, args.out)
     if errors:
         print(f"fcnseg: {len(errors)} of {len(results) + len(errors)} images failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _merge_under_torchrun(rank: int, out: str) -> None:
+    """Every process waits for the others; rank 0 then merges the shard summaries into summary.json."""
+    import torch.distributed as dist
+
+    from .predict import merge_summaries
+    from .train import finish_distributed
+
+    dist.barrier()
+    if rank == 0:
+        merged = merge_summaries(out)
+        print(f"merged the summaries of {dist.get_world_size()} processes into {Path(out) / 'summary.json'} "
+              f"({len(merged['images'])} images)")
+    finish_distributed()
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -279,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_data_check)
 
     r = sub.add_parser("predict", help="segment images: label PNGs, overlays, probabilities, class shares")
-    r.add_argument("inputs", nargs="+", help="image files, folders of images, or glob patterns")
+    r.add_argument("inputs", nargs="*", help="image files, folders of images, or glob patterns")
     r.add_argument("--model", default="camvid-fcn8s-lite0",
                    help="a pretrained name, a .safetensors file, a Hub-style folder, hf://ORG/NAME[@REV], or an "
                         ".onnx file from fcnseg export")
@@ -299,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar or per-image lines")
     r.add_argument("--device", default="auto")
     r.add_argument("--threads", type=int)
+    r.add_argument("--shard", metavar="I/N", help="segment only every N-th image from the I-th (0-based) of the "
+                   "sorted inputs, with the file names a single run gives; writes summary-shard-I-of-N.json "
+                   "(under torchrun: rank/world size, merged by rank 0)")
+    r.add_argument("--skip-existing", action="store_true",
+                   help="do not segment images whose output files already exist (resume an interrupted run)")
+    r.add_argument("--merge-summaries", metavar="DIR",
+                   help="merge DIR's summary-shard-*.json into DIR/summary.json and exit")
     r.set_defaults(func=_cmd_predict)
 
     x = sub.add_parser("export", help="export a model to ONNX (dynamic batch, height, width) or TorchScript")
