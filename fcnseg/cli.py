@@ -234,7 +234,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import Limits, serve
 
     limits = Limits(max_upload_bytes=round(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                    workers=args.workers, queue=args.queue)
+                    workers=args.workers, queue=args.queue, max_batch=args.max_batch,
+                    max_delay_ms=args.max_delay_ms)
     serve(args.model or ["camvid-fcn8s-lite0"], host=args.host, port=args.port, limits=limits, device=args.device,
           threads=args.threads, log_level=args.log_level, drain_timeout=args.drain_timeout)
     return 0
@@ -367,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (warning: no line per request)")
+    s.add_argument("--max-batch", type=int, default=1, metavar="N",
+                   help="dynamic batching: segment up to N same-sized images of one model in one forward pass")
+    s.add_argument("--max-delay-ms", type=float, default=5.0, metavar="T",
+                   help="with --max-batch: how long the first image waits for others")
     s.add_argument("--drain-timeout", type=float, default=60.0, metavar="S",
                    help="on SIGTERM/Ctrl-C, seconds to finish admitted requests before exiting anyway")
     s.set_defaults(func=_cmd_serve)

@@ -43,10 +43,11 @@ def tiny_file(tmp_path_factory) -> Path:
     return save_shapes_model(tmp_path_factory.mktemp("ops-model") / "tiny.safetensors")
 
 
-def _start(tiny_file: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def _start(tiny_file: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "fcnseg.cli", "serve", "--model", str(tiny_file), "--port", str(port),
-           "--workers", "1", "--queue", "2", "--threads", "1", "--log-level", "warning", "--drain-timeout", "60"]
+           "--workers", "1", "--queue", "2", "--threads", "1", "--log-level", "warning", "--drain-timeout", "60",
+           *extra]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
@@ -142,3 +143,35 @@ def test_readyz_follows_the_lifecycle(tiny_file):
         r = client.post("/predict", files={"file": ("a.jpg", _jpeg(32, 32), "image/jpeg")})
         assert r.status_code == 503 and "shutting down" in r.json()["detail"]
         assert "fcnseg_ready 0.0" in client.get("/metrics").text
+
+
+def test_dynamic_batching_groups_same_sized_images(tiny_file, tmp_path):
+    import base64
+
+    import fcnseg
+    from fcnseg.predict import predict_image
+
+    log = tmp_path / "server.log"
+    proc, url = _start(tiny_file, log, "--queue", "6", "--max-batch", "4", "--max-delay-ms", "1500")
+    model = fcnseg.load(tiny_file)
+    try:
+        bodies = [_jpeg(48, 64, seed) for seed in range(4)] + [_jpeg(40, 40, 9)]
+        with ThreadPoolExecutor(5) as pool:
+            answers = list(pool.map(lambda b: _post(url, b), bodies))
+        assert [a.status_code for a in answers] == [200] * 5
+        assert [a.json()["batch"] for a in answers] == [4, 4, 4, 4, 1]  # the odd size waits, then runs alone
+        for body, answer in zip(bodies, answers):
+            got = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["labels_png"]))))
+            want, _ = predict_image(model, Image.open(io.BytesIO(body)))
+            assert (got == want).mean() > 0.999  # equal up to float ties (tested: usually every pixel)
+        assert answers[4].json()["queue_ms"] >= 1000  # it waited for company that never came
+        m = _scrape(url)
+        assert m[("fcnseg_batch_size_count", ())] == 2 and m[("fcnseg_batch_size_sum", ())] == 5
+        assert m[("fcnseg_images_total", (("model", "tiny"),))] == 5
+        png = httpx.post(url + "/predict", params={"format": "png"}, timeout=60,
+                         files={"file": ("a.jpg", bodies[0], "image/jpeg")})
+        assert png.headers["x-fcnseg-batch"] == "1"
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert "Traceback" not in log.read_text(), log.read_text()

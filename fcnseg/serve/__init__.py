@@ -54,6 +54,7 @@ from pydantic import BaseModel, Field
 from ..data.images import ImageError, decode_image
 from ..data.palettes import label_image
 from ..predict import class_shares, predict_image, probabilities
+from .batching import Batcher
 from .metrics import MetricsMiddleware, ServeMetrics
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -79,15 +80,22 @@ class Limits:
         max_pixels: largest image, in pixels (width x height from the header: decompression bombs).
         workers: images decoded and segmented at once (each in its own thread; torch parallelises inside).
         queue: requests allowed to wait for a worker; more get 503 with Retry-After.
+        max_batch: images of one model and size segmented in one forward pass at most (1: no batching; see
+            ``fcnseg.serve.batching``).
+        max_delay_ms: how long the first image of a batch waits for others.
     """
 
     max_upload_bytes: int = 20 * 2**20
     max_pixels: int = 40_000_000
     workers: int = 1
     queue: int = 8
+    max_batch: int = 1
+    max_delay_ms: float = 5.0
 
     def __post_init__(self) -> None:
-        for key in ("max_upload_bytes", "max_pixels", "workers"):
+        if self.max_delay_ms < 0:
+            raise ValueError(f"serve: max_delay_ms must be 0 or more; got {self.max_delay_ms}")
+        for key in ("max_upload_bytes", "max_pixels", "workers", "max_batch"):
             if getattr(self, key) < 1:
                 raise ValueError(f"serve: {key} must be at least 1; got {getattr(self, key)}")
         if self.queue < 0:
@@ -115,6 +123,7 @@ class PredictBody(BaseModel):
     height: int
     ms: float = Field(description="milliseconds to decode, segment and encode (excluding the wait in the queue)")
     queue_ms: float = Field(description="milliseconds spent waiting for a worker")
+    batch: int = Field(1, description="images segmented in the same forward pass (dynamic batching)")
     shares: list[ClassShare] = Field(description="every class of the model, in label order")
     labels_png: str = Field(description="base64 palette PNG of class indices at the image's size")
 
@@ -391,6 +400,9 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
                               "POST /predict; GET /models lists the classes and colours of each model.",
                   lifespan=lifespan)
     app.state.gate, app.state.metrics, app.state.lifecycle = gate, metrics, state
+    batcher = None
+    if limits.max_batch > 1:
+        batcher = Batcher(gate, limits.max_batch, limits.max_delay_ms / 1000, metrics.batch_size.observe)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -465,7 +477,12 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
         data = await file.read()
         fmt, _, _ = sniff(data, name, limits.max_pixels)
         try:
-            result, waited = await gate.run(segment, models[key], data, name, limits.max_pixels, flip, max_size)
+            if batcher is not None:
+                result, waited = await _batched(gate, batcher, models[key], key, data, name, limits.max_pixels,
+                                                flip, max_size)
+            else:
+                result, waited = await gate.run(segment, models[key], data, name, limits.max_pixels, flip,
+                                                max_size)
         except Busy:
             return _busy(gate)
         finally:
@@ -476,10 +493,11 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
             stem = name.rsplit(".", 1)[0].replace(" ", "_") or "upload"
             return Response(result["png"], media_type="image/png", headers={
                 "Content-Disposition": f'inline; filename="{stem}_labels.png"',
-                "X-Fcnseg-Ms": f"{result['ms']:.1f}", "X-Fcnseg-Queue-Ms": f"{1000 * waited:.1f}"})
+                "X-Fcnseg-Ms": f"{result['ms']:.1f}", "X-Fcnseg-Queue-Ms": f"{1000 * waited:.1f}",
+                "X-Fcnseg-Batch": str(result.get("batch", 1))})
         m = models[key]
         return {"model": key, "filename": name, "format": fmt, "width": result["width"], "height": result["height"],
-                "ms": round(result["ms"], 1), "queue_ms": round(1000 * waited, 1),
+                "ms": round(result["ms"], 1), "queue_ms": round(1000 * waited, 1), "batch": result.get("batch", 1),
                 "shares": [{"index": k, "name": m.class_names[k], "colour": hex_colour(m.palette[k]),
                             "share": round(float(s), 5)} for k, s in enumerate(result["shares"])],
                 "labels_png": base64.b64encode(result["png"]).decode("ascii")}
@@ -487,6 +505,20 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
     app.add_middleware(Guard, max_bytes=limits.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the Guard's refusals too
     return app
+
+
+async def _batched(gate: Gate, batcher: Batcher, model, key: str, data: bytes, name: str, max_pixels: int,
+                   flip: bool, max_size: int | None) -> tuple[dict, float]:
+    """``batcher.segment`` counted by the gate as an admitted request (``pending``, ``served``)."""
+    if gate.pending >= gate.workers + gate.queue:
+        raise Busy
+    gate.pending += 1
+    try:
+        result = await batcher.segment(model, key, data, name, max_pixels, flip, max_size)
+        gate.served += 1
+        return result
+    finally:
+        gate.pending -= 1
 
 
 def _busy(gate: Gate) -> JSONResponse:

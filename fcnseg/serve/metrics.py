@@ -8,6 +8,7 @@ Exposed at ``GET /metrics`` in the Prometheus text format:
 - ``fcnseg_queue_depth``: requests admitted and waiting for a worker, now.
 - ``fcnseg_images_in_flight``: images being decoded or segmented, now.
 - ``fcnseg_images_total{model}``: images segmented.
+- ``fcnseg_batch_size``: images per forward pass with dynamic batching (``--max-batch``).
 - ``fcnseg_ready``: 1 when the models are loaded and the server is not shutting down (what ``/readyz`` says).
 """
 
@@ -34,6 +35,8 @@ class ServeMetrics:
         self.model_time = Histogram("fcnseg_model_seconds", "decode + segment + encode time of one image",
                                     ["model"], buckets=BUCKETS, registry=r)
         self.images = Counter("fcnseg_images", "images segmented", ["model"], registry=r)
+        self.batch_size = Histogram("fcnseg_batch_size", "images per forward pass (--max-batch)",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         Gauge("fcnseg_queue_depth", "requests waiting for a worker", registry=r).set_function(
             lambda: max(0, gate.pending - gate.running))
         Gauge("fcnseg_images_in_flight", "images being decoded or segmented", registry=r).set_function(
