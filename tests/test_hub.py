@@ -190,3 +190,17 @@ def test_push_dry_run_lists_the_exact_files(folder, tiny, tmp_path, capsys):
     assert "model.safetensors: missing" in capsys.readouterr().err
     assert main(["push", "--model", str(tiny_file), "--repo", "justname", "--dry-run"]) == 2
     assert "expected hf://ORG/NAME" in capsys.readouterr().err
+
+
+def test_onnxruntime_backend_takes_a_folder(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 52, 3), np.uint8)).save(photo)
+    assert main(["predict", str(photo), "--model", str(folder), "--backend", "onnxruntime", "--out",
+                 str(tmp_path / "ort"), "--quiet", "--no-overlay"]) == 0
+    assert [p.name.startswith("tiny-hub-") for p in (tmp_path / "cache" / "onnx").iterdir()] == [True]
+    assert main(["predict", str(photo), "--model", str(folder), "--out", str(tmp_path / "pt"), "--quiet",
+                 "--no-overlay"]) == 0
+    ort = np.asarray(Image.open(tmp_path / "ort" / "p.png"))
+    pt = np.asarray(Image.open(tmp_path / "pt" / "p.png"))
+    assert (ort == pt).mean() > 0.999
