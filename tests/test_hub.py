@@ -204,3 +204,11 @@ def test_onnxruntime_backend_takes_a_folder(folder, tmp_path, monkeypatch):
     ort = np.asarray(Image.open(tmp_path / "ort" / "p.png"))
     pt = np.asarray(Image.open(tmp_path / "pt" / "p.png"))
     assert (ort == pt).mean() > 0.999
+
+
+def test_serve_names_folders_and_hub_models(folder):
+    from fcnseg.serve import model_name
+
+    assert model_name(str(folder)) == "tiny-hub"
+    assert model_name("hf://org/street-fcn8s") == "street-fcn8s"
+    assert model_name("hf://org/street-fcn8s@v2") == "street-fcn8s-v2"
