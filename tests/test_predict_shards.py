@@ -101,3 +101,29 @@ def test_shard_arguments():
         with pytest.raises(ValueError, match=words):
             parse_shard(bad)
     assert main(["predict", "--model", "camvid-fcn8s-lite0"]) == 2
+
+
+def test_torchrun_processes_split_the_work_and_rank0_merges(setup, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root, model = setup
+    single, out = tmp_path / "single", tmp_path / "torchrun"
+    _predict(root, model, single)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "fcnseg.cli", "predict", str(root / "a"), str(root / "b"), "--model",
+           str(model), "--out", str(out), "--tile", "64", "--overlap", "16", "--probs", "--quiet", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr  # the broken file, as in a single run
+    assert "(shard 0/2)" in r.stdout and "(shard 1/2)" in r.stdout
+    assert "merged the summaries of 2 processes" in r.stdout
+    one, two = _files(single), _files(out)
+    assert one.keys() == two.keys() and all(one[k] == two[k] for k in one)
+    assert _without_ms(json.loads((out / "summary.json").read_text())) == _without_ms(
+        json.loads((single / "summary.json").read_text()))
