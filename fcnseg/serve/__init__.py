@@ -431,18 +431,7 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
                 "max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                 "formats": list(FORMATS_TEXT.replace(" or ", ", ").split(", "))}
 
-    @app.get("/readyz", response_model=ReadyBody, summary="readiness: models loaded and not shutting down",
-             responses={503: {"model": ErrorBody, "description": "starting or shutting down"}})
-    async def readyz():
-        if state["draining"] or not state["started"]:
-            why = "shutting down" if state["draining"] else "starting"
-            return JSONResponse({"detail": f"not ready: {why}"}, status_code=503)
-        return {"status": "ready", "models": list(models)}
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics_page() -> Response:
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
+    _add_ops_routes(app, list(models), state, metrics)
 
     @app.get("/models", response_model=list[ModelBody], summary="the loaded models, their classes and colours")
     async def list_models() -> list[dict]:
@@ -505,6 +494,23 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
     app.add_middleware(Guard, max_bytes=limits.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the Guard's refusals too
     return app
+
+
+def _add_ops_routes(app: FastAPI, names: list[str], state: dict, metrics: ServeMetrics) -> None:
+    """``GET /readyz`` (from ``state``: started, draining) and ``GET /metrics`` (Prometheus text)."""
+
+    @app.get("/readyz", response_model=ReadyBody, summary="readiness: models loaded and not shutting down",
+             responses={503: {"model": ErrorBody, "description": "starting or shutting down"}})
+    async def readyz():
+        if state["draining"] or not state["started"]:
+            why = "shutting down" if state["draining"] else "starting"
+            return JSONResponse({"detail": f"not ready: {why}"}, status_code=503)
+        return {"status": "ready", "models": names}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_page() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
 
 async def _batched(gate: Gate, batcher: Batcher, model, key: str, data: bytes, name: str, max_pixels: int,
