@@ -22,6 +22,9 @@ $(VENV)/.installed: $(VENV)/.runtime
 	# torchfcn (pytorch-fcn), the peer in benchmarks/inference.py and the weight-mapping test; --no-deps because
 	# its 'fcn' dependency needs chainer, which does not build here (torchfcn uses it only to download weights).
 	$(PIP) install --no-deps torchfcn==1.9.7
+	# cityscapesScripts' label table (the cityscapes dataset); --no-deps: helpers.labels needs only the standard
+	# library, and its dependencies include the 'typing' backport, which has no place on Python 3.
+	$(PIP) install --no-deps cityscapesscripts==2.3.0
 	touch $@
 
 demo: $(VENV)/.runtime

@@ -163,11 +163,28 @@ def _set_threshold(model, threshold: float | None, name) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import os
+
     import torch
 
-    from .predict import predict_files
+    from .predict import merge_summaries, parse_shard, predict_files
 
+    if args.merge_summaries:
+        merged = merge_summaries(args.merge_summaries)
+        print(f"merged {len(merged['images'])} images and {len(merged['errors'])} errors into "
+              f"{Path(args.merge_summaries) / 'summary.json'}")
+        return 0
+    if not args.inputs:
+        raise ValueError("predict: give image files, folders or patterns (or --merge-summaries DIR)")
     torch.set_num_threads(args.threads) if args.threads else None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    shard = parse_shard(args.shard) if args.shard else None
+    rank = 0
+    if world > 1 and shard is None:  # under torchrun: this process's share, merged by rank 0 at the end
+        from .train import setup_distributed
+
+        rank, world, _ = setup_distributed(args.device)
+        shard = (rank, world)
     backend = args.backend or ("onnxruntime" if str(args.model).endswith(".onnx") else "torch")
     model = _load_for_inference(args.model, backend, args.device)
     _set_threshold(model, args.threshold, args.model)
@@ -175,15 +192,36 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                     save_overlay=not args.no_overlay, save_probs=args.probs,
                                     tile=args.tile or None, overlap=args.overlap, flip=args.flip,
                                     batch_size=args.batch_size, max_pixels=args.max_pixels or None,
-                                    progress=None if not args.quiet else False, verbose=not args.quiet)
-    print(f"wrote {len(results)} predictions to {args.out}")
+                                    progress=None if not args.quiet else False, verbose=not args.quiet,
+                                    shard=shard, skip_existing=args.skip_existing)
+    skipped = sum(1 for r in results if r.get("skipped"))
+    print(f"wrote {len(results) - skipped} predictions to {args.out}" + (
+        f" ({skipped} skipped: their outputs exist)" if skipped else "") + (
+        f" (shard {shard[0]}/{shard[1]})" if shard else ""))
     if args.quiet:  # quiet drops the per-image lines, not the errors
         for error in errors:
             print(f"fcnseg: error: {error}", file=sys.stderr)
+    if world > 1 and not args.shard:
+        _merge_under_torchrun(rank, args.out)
     if errors:
         print(f"fcnseg: {len(errors)} of {len(results) + len(errors)} images failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _merge_under_torchrun(rank: int, out: str) -> None:
+    """Every process waits for the others; rank 0 then merges the shard summaries into summary.json."""
+    import torch.distributed as dist
+
+    from .predict import merge_summaries
+    from .train import finish_distributed
+
+    dist.barrier()
+    if rank == 0:
+        merged = merge_summaries(out)
+        print(f"merged the summaries of {dist.get_world_size()} processes into {Path(out) / 'summary.json'} "
+              f"({len(merged['images'])} images)")
+    finish_distributed()
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -212,9 +250,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import Limits, serve
 
     limits = Limits(max_upload_bytes=round(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                    workers=args.workers, queue=args.queue)
+                    workers=args.workers, queue=args.queue, max_batch=args.max_batch,
+                    max_delay_ms=args.max_delay_ms)
     serve(args.model or ["camvid-fcn8s-lite0"], host=args.host, port=args.port, limits=limits, device=args.device,
-          threads=args.threads, log_level=args.log_level)
+          threads=args.threads, log_level=args.log_level, drain_timeout=args.drain_timeout)
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .hub import push
+
+    with tempfile.TemporaryDirectory(prefix="fcnseg-push-") as staging:
+        files = push(args.model, args.repo, dry_run=args.dry_run, revision=args.revision, private=args.private,
+                     message=args.message, staging=Path(staging) / Path(str(args.model)).stem)
+        verb = "would upload" if args.dry_run else "uploaded"
+        print(f"{verb} {len(files)} files to {args.repo}" + (f"@{args.revision}" if args.revision else "") + ":")
+        for f in files:
+            print(f"  {f.name}\t{f.stat().st_size}")
     return 0
 
 
@@ -251,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="pixel acc, mean acc, mean IU, fw IU of a model on a dataset")
     e.add_argument("--model", required=True, help="a pretrained model name or a .safetensors file")
-    e.add_argument("--dataset", required=True, help="camvid, voc, sbd, folder or multilabel")
+    e.add_argument("--dataset", required=True, help="camvid, voc, sbd, cityscapes, ade20k, folder or multilabel")
     e.add_argument("--root", required=True, help="the dataset folder")
     e.add_argument("--split", default="val")
     e.add_argument("--out", default="outputs/evaluate", help="folder for metrics.json and plots")
@@ -275,16 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dt.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("check", help="read every image and mask; print sizes, mask values, the label mapping, "
                         "class shares, EXIF rotations and warnings (exit 1 on bad files or untrainable data)")
-    c.add_argument("--dataset", required=True, help="camvid, voc, sbd or folder")
+    c.add_argument("--dataset", required=True, help="camvid, voc, sbd, cityscapes, ade20k or folder")
     c.add_argument("--root", required=True, help="the dataset folder")
     c.add_argument("--split", help="a split (default: the whole folder; train for the others)")
     c.add_argument("--dataset-options", help='extra dataset arguments as JSON, e.g. \'{"snap": true}\'')
     c.set_defaults(func=_cmd_data_check)
 
     r = sub.add_parser("predict", help="segment images: label PNGs, overlays, probabilities, class shares")
-    r.add_argument("inputs", nargs="+", help="image files, folders of images, or glob patterns")
+    r.add_argument("inputs", nargs="*", help="image files, folders of images, or glob patterns")
     r.add_argument("--model", default="camvid-fcn8s-lite0",
-                   help="a pretrained name, a .safetensors file, or an .onnx file from fcnseg export")
+                   help="a pretrained name, a .safetensors file, a Hub-style folder, hf://ORG/NAME[@REV], or an "
+                        ".onnx file from fcnseg export")
     r.add_argument("--backend", choices=("torch", "onnxruntime"),
                    help="run with PyTorch or ONNX Runtime (default: torch; onnxruntime for .onnx files)")
     r.add_argument("--out", default="outputs/predict")
@@ -303,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar or per-image lines")
     r.add_argument("--device", default="auto")
     r.add_argument("--threads", type=int)
+    r.add_argument("--shard", metavar="I/N", help="segment only every N-th image from the I-th (0-based) of the "
+                   "sorted inputs, with the file names a single run gives; writes summary-shard-I-of-N.json "
+                   "(under torchrun: rank/world size, merged by rank 0)")
+    r.add_argument("--skip-existing", action="store_true",
+                   help="do not segment images whose output files already exist (resume an interrupted run)")
+    r.add_argument("--merge-summaries", metavar="DIR",
+                   help="merge DIR's summary-shard-*.json into DIR/summary.json and exit")
     r.set_defaults(func=_cmd_predict)
 
     x = sub.add_parser("export", help="export a model to ONNX (dynamic batch, height, width) or TorchScript")
@@ -326,7 +388,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (warning: no line per request)")
+    s.add_argument("--max-batch", type=int, default=1, metavar="N",
+                   help="dynamic batching: segment up to N same-sized images of one model in one forward pass")
+    s.add_argument("--max-delay-ms", type=float, default=5.0, metavar="T",
+                   help="with --max-batch: how long the first image waits for others")
+    s.add_argument("--drain-timeout", type=float, default=60.0, metavar="S",
+                   help="on SIGTERM/Ctrl-C, seconds to finish admitted requests before exiting anyway")
     s.set_defaults(func=_cmd_serve)
+
+    h = sub.add_parser("push", help="upload a model to the Hugging Face Hub as config.json, model.safetensors and "
+                                    "README.md (needs huggingface_hub and a token)")
+    h.add_argument("--model", required=True, help="a Hub-style folder, a .safetensors file or a pretrained name")
+    h.add_argument("--repo", required=True, help="ORG/NAME on the Hub")
+    h.add_argument("--revision", help="branch to push to (default: main)")
+    h.add_argument("--private", action="store_true", help="create the repository as private")
+    h.add_argument("--message", help="commit message")
+    h.add_argument("--dry-run", action="store_true", help="list the exact files and sizes; send nothing")
+    h.set_defaults(func=_cmd_push)
     return p
 
 

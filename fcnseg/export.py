@@ -157,13 +157,20 @@ def onnx_for(name_or_path: str | os.PathLike, threads: int | None = None) -> Onn
     ``~/.cache/fcnseg/onnx`` (``$FCNSEG_CACHE`` overrides), keyed by the model file's bytes and the versions of
     torch and fcnseg. Once cached, the PyTorch model is not even built (less memory, faster start)."""
     from . import __version__
+    from .hub import CONFIG, HF_PREFIX, WEIGHTS, download, read_config
     from .pretrained import load, model_file
 
-    source = model_file(name_or_path)
+    if str(name_or_path).startswith(HF_PREFIX):  # a Hub model: its snapshot folder in the Hugging Face cache
+        name_or_path = download(str(name_or_path))
+    source = Path(name_or_path) if Path(name_or_path).is_dir() else model_file(name_or_path)
+    if source.is_dir():
+        read_config(source)  # names a missing or foreign config.json before anything is hashed
+    files = [source / CONFIG, source / WEIGHTS] if source.is_dir() else [source]
     digest = hashlib.sha256(f"{torch.__version__} {__version__}".encode())
-    with open(source, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for file in files:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     cache = Path(os.environ.get("FCNSEG_CACHE", Path.home() / ".cache" / "fcnseg")) / "onnx"
     path = cache / f"{source.stem}-{digest.hexdigest()[:16]}.onnx"
     if not path.is_file():

@@ -358,8 +358,58 @@ def _unique_stems(files: list[Path]) -> dict[Path, str]:
     return stems
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` (0 <= I < N) -> ``(I, N)``; ``ValueError`` saying what is expected."""
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected I/N, e.g. 0/4 for the first of 4 shards") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text!r}: I must be in 0..N-1 (here 0..{n - 1})")
+    return i, n
+
+
+def shard_indices(count: int, shard: tuple[int, int] | None) -> list[int]:
+    """Positions ``0..count-1`` of the sorted input list that shard ``(I, N)`` takes: every N-th from I (round
+    robin, so shards get similar mixes of images); all of them when ``shard`` is None."""
+    if shard is None:
+        return list(range(count))
+    i, n = shard
+    return list(range(i, count, n))
+
+
+def summary_name(shard: tuple[int, int] | None) -> str:
+    """``summary.json``, or ``summary-shard-I-of-N.json`` for a shard (merged by ``merge_summaries``)."""
+    return "summary.json" if shard is None else f"summary-shard-{shard[0]}-of-{shard[1]}.json"
+
+
+def _output_names(stem: str, save_overlay: bool, save_probs: bool) -> list[str]:
+    return [f"{stem}.png"] + ([f"{stem}_overlay.jpg"] if save_overlay else []) + (
+        [f"{stem}_probs.npz"] if save_probs else [])
+
+
+def _existing_entry(path: Path, out: Path, written: list[str], model) -> dict | None:
+    """The summary entry of an image whose outputs all exist (``--skip-existing``), from its label PNG; None when
+    one is missing or the label PNG cannot be read (then the image is segmented again)."""
+    if not all((out / name).is_file() for name in written):
+        return None
+    try:
+        with Image.open(out / written[0]) as im:
+            labels = np.asarray(im)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    if labels.ndim != 2 or labels.max(initial=0) >= model.num_classes:
+        return None
+    shares = class_shares(labels, model.num_classes)
+    names = model.class_names
+    h, w = labels.shape
+    return {"image": str(path), "size": [w, h], "ms": None, "outputs": written, "skipped": True,
+            "shares": {names[k]: round(float(shares[k]), 4) for k in np.argsort(-shares) if shares[k] > 0}}
+
+
 def predict_files(model, inputs: list, out: str | os.PathLike, *, save_overlay: bool = True,
                   save_probs: bool = False, alpha: float = 0.5, verbose: bool = True, progress: bool | None = None,
+                  shard: tuple[int, int] | None = None, skip_existing: bool = False,
                   **kw) -> tuple[list[dict], list[str]]:
     """Segments every image in ``inputs`` and writes to ``out``: ``NAME.png`` (palette PNG of class indices),
     ``NAME_overlay.jpg`` (the colours over the photo), ``NAME_probs.npz`` with ``save_probs`` (float16
@@ -375,38 +425,103 @@ def predict_files(model, inputs: list, out: str | os.PathLike, *, save_overlay: 
         alpha: opacity of the colours in the overlay.
         verbose: print a line per image (when no progress bar is shown) and every error.
         progress: show a tqdm progress bar (default: when stderr is a terminal).
+        shard: ``(I, N)``: segment only this shard's images (``shard_indices``), named as a single run names
+            them, and write ``summary-shard-I-of-N.json`` instead of ``summary.json`` (see ``merge_summaries``).
+        skip_existing: images whose output files all exist are not segmented again; their summary entries are
+            read back from the label PNG (``"skipped": true``, ``"ms": null``).
 
     Returns:
-        ``(results, errors)``: a dict per segmented image (as in ``summary.json``) and the error messages.
+        ``(results, errors)``: a dict per image (as in the summary) and the error messages.
     """
-    from tqdm import tqdm
-
     files = collect_images(inputs)
     stems = _unique_stems(files)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    entries: dict[int, dict] = {}
+    todo = []
+    for k in shard_indices(len(files), shard):
+        done = _existing_entry(files[k], out, _output_names(stems[files[k]], save_overlay, save_probs), model) \
+            if skip_existing else None
+        if done is None:
+            todo.append(k)
+        else:
+            entries[k] = done
+    failed = _segment_files(model, files, todo, stems, out, entries, save_overlay, save_probs, alpha, verbose,
+                            progress, kw)
+    results = [entries[k] for k in sorted(entries)]
+    errors = [failed[k] for k in sorted(failed)]
+    body = {"images": results, "errors": errors}
+    if shard is not None:
+        body = {"shard": list(shard), "inputs": len(files), "indices": sorted(entries), **body,
+                "error_indices": sorted(failed)}
+    summary = json.dumps(body, indent=1)
+    atomic_write(out / summary_name(shard), lambda tmp: Path(tmp).write_text(summary))
+    return results, errors
+
+
+def _segment_files(model, files, todo, stems, out, entries, save_overlay, save_probs, alpha, verbose, progress,
+                   kw) -> dict[int, str]:
+    """Segments ``files[k]`` for ``k`` in ``todo`` and writes their outputs; fills ``entries[k]``; returns the
+    errors by position."""
+    from tqdm import tqdm
+
     names = model.class_names
-    results, errors = [], []
-    bar = tqdm(total=len(files), unit="img", disable=not (sys.stderr.isatty() if progress is None else progress))
-    with torch.inference_mode():
-        # warm-up, so the first timing is not the allocator's
-        probabilities(model, torch.rand(1, getattr(model, "in_channels", 3), 64, 64))
-    for r in predict_iter(model, files, return_probs=save_probs, **kw):
+    failed: dict[int, str] = {}
+    bar = tqdm(total=len(todo), unit="img", disable=not (sys.stderr.isatty() if progress is None else progress))
+    if todo:
+        with torch.inference_mode():
+            # warm-up, so the first timing is not the allocator's
+            probabilities(model, torch.rand(1, getattr(model, "in_channels", 3), 64, 64))
+    for k, r in zip(todo, predict_iter(model, [files[k] for k in todo], return_probs=save_probs, **kw)):
         bar.update(1)
         if r.error:
-            errors.append(r.error)
+            failed[k] = r.error
             if verbose:
                 bar.write(f"fcnseg: error: {r.error}", file=sys.stderr)
             continue
-        stem = stems[r.path]
-        written, shares = _write_outputs(model, r, stem, out, save_overlay, save_probs, alpha)
+        written, shares = _write_outputs(model, r, stems[files[k]], out, save_overlay, save_probs, alpha)
         h, w = r.labels.shape[-2:]
-        results.append({"image": str(r.path), "size": [w, h], "ms": round(1000 * r.seconds, 1), "outputs": written,
-                        "shares": {names[k]: round(float(shares[k]), 4) for k in np.argsort(-shares) if shares[k] > 0}})
+        entries[k] = {"image": str(r.path), "size": [w, h], "ms": round(1000 * r.seconds, 1), "outputs": written,
+                      "shares": {names[j]: round(float(shares[j]), 4) for j in np.argsort(-shares) if shares[j] > 0}}
         if verbose and bar.disable:
-            top = ", ".join(f"{n} {100 * s:.1f}%" for n, s in list(results[-1]["shares"].items())[:5])
+            top = ", ".join(f"{n} {100 * s:.1f}%" for n, s in list(entries[k]["shares"].items())[:5])
             print(f"{r.path.name}: {w}x{h} in {1000 * r.seconds:.0f} ms; {top}", flush=True)
     bar.close()
-    summary = json.dumps({"images": results, "errors": errors}, indent=1)
-    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(summary))
-    return results, errors
+    return failed
+
+
+def merge_summaries(out: str | os.PathLike) -> dict:
+    """Merges the ``summary-shard-I-of-N.json`` files in ``out`` into ``summary.json``, images and errors in the
+    order a single run gives them. Returns the merged summary.
+
+    Raises:
+        FileNotFoundError: no shard summaries in ``out``, or some of the N are missing (named).
+        ValueError: shard files disagree on N or on the number of inputs, or one is unreadable (named).
+    """
+    out = Path(out)
+    found = sorted(out.glob("summary-shard-*-of-*.json"))
+    if not found:
+        raise FileNotFoundError(f"{out}: no summary-shard-I-of-N.json files to merge")
+    shards, images, errors = {}, {}, {}
+    for f in found:
+        try:
+            body = json.loads(f.read_text())
+            i, n = body["shard"]
+            images.update(zip(body["indices"], body["images"]))
+            errors.update(zip(body["error_indices"], body["errors"]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{f}: not a readable shard summary ({type(e).__name__}: {e})") from None
+        shards[(i, n)] = body["inputs"]
+    counts = {n for _, n in shards}
+    inputs = set(shards.values())
+    if len(counts) != 1 or len(inputs) != 1:
+        raise ValueError(f"{out}: shard summaries from different runs (N in {sorted(counts)}, inputs in "
+                         f"{sorted(inputs)}); remove the stale ones")
+    n = counts.pop()
+    missing = [f"summary-shard-{i}-of-{n}.json" for i in range(n) if (i, n) not in shards]
+    if missing:
+        raise FileNotFoundError(f"{out}: missing {', '.join(missing)} (those shards have not finished)")
+    merged = {"images": [images[k] for k in sorted(images)], "errors": [errors[k] for k in sorted(errors)]}
+    text = json.dumps(merged, indent=1)
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))
+    return merged

@@ -40,8 +40,16 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
     """A ready-to-use FCN (eval mode) with its class names, palette and preprocessing.
 
     Args:
-        name_or_path: a name from ``PRETRAINED`` (e.g. "camvid-fcn8s-lite0") or a ``.safetensors`` file
-            written by ``fcnseg.checkpoint.save_model`` (``fcnseg train`` writes ``best.safetensors``).
+        name_or_path: a name from ``PRETRAINED`` (e.g. "camvid-fcn8s-lite0"), a ``.safetensors`` file
+            written by ``fcnseg.checkpoint.save_model`` (``fcnseg train`` writes ``best.safetensors``), a
+            Hub-style folder written by ``fcnseg.save_pretrained``, or ``hf://ORG/NAME[@REVISION]`` (through
+            the Hugging Face cache; see ``fcnseg.hub``).
         device: where to put it.
     """
+    from . import hub
+
+    if str(name_or_path).startswith(hub.HF_PREFIX):
+        return hub.load_hub(str(name_or_path), device)
+    if Path(name_or_path).is_dir():
+        return hub.load_folder(name_or_path, device)
     return load_model(model_file(name_or_path), device)

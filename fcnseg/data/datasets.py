@@ -640,10 +640,15 @@ def _raw_histogram(samples: Sequence[Sample]) -> np.ndarray:
 
 
 DATASETS: dict[str, Callable[..., SegmentationDataset]] = {"voc": voc, "sbd": sbd, "camvid": camvid, "folder": folder}
+# Cityscapes and ADE20K (fcnseg.data.standard) build on the classes above.
+from .standard import ade20k, cityscapes  # noqa: E402
+
+DATASETS.update(cityscapes=cityscapes, ade20k=ade20k)
 
 
 def build_dataset(name: str, root, split: str | None, transforms=None, **kwargs) -> SegmentationDataset:
-    """A dataset by name ("voc", "sbd", "camvid" or "folder"); ``kwargs`` go to its builder."""
+    """A dataset by name ("voc", "sbd", "camvid", "cityscapes", "ade20k" or "folder"); ``kwargs`` go to its
+    builder."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     if not Path(root).is_dir():

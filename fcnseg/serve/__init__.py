@@ -8,6 +8,14 @@ network) and an API described by its OpenAPI schema at ``/openapi.json``:
   ``Accept: image/png``, the label PNG itself.
 - ``GET /models``: the loaded models with their classes and palettes.
 - ``GET /healthz``: liveness, the queue's state and the upload limits.
+- ``GET /readyz``: readiness: 200 once the models are loaded and warmed up and the app has started, 503 while it
+  shuts down (load balancers stop sending; what was admitted is finished).
+- ``GET /metrics``: Prometheus metrics (``fcnseg.serve.metrics``): requests by endpoint and status, latency and
+  model-time histograms, queue depth, images in flight.
+
+Shutting down (SIGTERM or Ctrl-C): the listening socket closes, ``/readyz`` turns 503, new uploads on open
+connections get 503, and every admitted request (running or queued) is answered before the process exits, for up
+to ``drain_timeout`` seconds.
 
 What protects the host: uploads larger than ``max_upload_bytes`` are refused (413) before they are parsed; the
 content is sniffed by Pillow (the file name and the declared type are ignored) and only common photo formats are
@@ -21,6 +29,7 @@ Every refusal is JSON ``{"detail": "..."}`` naming the problem, and the server g
 
 import asyncio
 import base64
+import contextlib
 import io
 import ipaddress
 import json
@@ -45,6 +54,8 @@ from pydantic import BaseModel, Field
 from ..data.images import ImageError, decode_image
 from ..data.palettes import label_image
 from ..predict import class_shares, predict_image, probabilities
+from .batching import Batcher
+from .metrics import MetricsMiddleware, ServeMetrics
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("fcnseg.serve")
@@ -69,15 +80,22 @@ class Limits:
         max_pixels: largest image, in pixels (width x height from the header: decompression bombs).
         workers: images decoded and segmented at once (each in its own thread; torch parallelises inside).
         queue: requests allowed to wait for a worker; more get 503 with Retry-After.
+        max_batch: images of one model and size segmented in one forward pass at most (1: no batching; see
+            ``fcnseg.serve.batching``).
+        max_delay_ms: how long the first image of a batch waits for others.
     """
 
     max_upload_bytes: int = 20 * 2**20
     max_pixels: int = 40_000_000
     workers: int = 1
     queue: int = 8
+    max_batch: int = 1
+    max_delay_ms: float = 5.0
 
     def __post_init__(self) -> None:
-        for key in ("max_upload_bytes", "max_pixels", "workers"):
+        if self.max_delay_ms < 0:
+            raise ValueError(f"serve: max_delay_ms must be 0 or more; got {self.max_delay_ms}")
+        for key in ("max_upload_bytes", "max_pixels", "workers", "max_batch"):
             if getattr(self, key) < 1:
                 raise ValueError(f"serve: {key} must be at least 1; got {getattr(self, key)}")
         if self.queue < 0:
@@ -105,8 +123,14 @@ class PredictBody(BaseModel):
     height: int
     ms: float = Field(description="milliseconds to decode, segment and encode (excluding the wait in the queue)")
     queue_ms: float = Field(description="milliseconds spent waiting for a worker")
+    batch: int = Field(1, description="images segmented in the same forward pass (dynamic batching)")
     shares: list[ClassShare] = Field(description="every class of the model, in label order")
     labels_png: str = Field(description="base64 palette PNG of class indices at the image's size")
+
+
+class ReadyBody(BaseModel):
+    status: Literal["ready"]
+    models: list[str]
 
 
 class ModelBody(BaseModel):
@@ -305,6 +329,10 @@ GENERIC_STEMS = ("best", "last", "model", "final", "checkpoint")
 def model_name(spec: str) -> str:
     """A model's name in the app and API: a pretrained name as it is; a file's stem, or for the generic stems
     a training run writes (``runs/cells/best.safetensors``) its folder and stem ("cells-best")."""
+    if spec.startswith("hf://"):
+        return spec[len("hf://"):].split("/")[-1].replace("@", "-")
+    if Path(spec).is_dir():
+        return Path(spec).resolve().name
     if not spec.endswith((".safetensors", ".onnx")):
         return spec
     path = Path(spec)
@@ -362,10 +390,24 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
         raise ValueError("serve: no model given")
     default = next(iter(models))
     gate = Gate(limits.workers, limits.queue)
+    state = {"started": False, "draining": False}
+    metrics = ServeMetrics(gate, lambda: state["started"] and not state["draining"])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        state["started"] = True
+        yield
+        state["started"] = False
+        gate.executor.shutdown(wait=True)  # every admitted request has been answered by now (uvicorn drains first)
+
     app = FastAPI(title="fcnseg", version="0.1.0", docs_url=None, redoc_url=None,  # the docs pages load CDN files
                   description="Semantic segmentation with Fully Convolutional Networks. Upload an image to "
-                              "POST /predict; GET /models lists the classes and colours of each model.")
-    app.state.gate = gate
+                              "POST /predict; GET /models lists the classes and colours of each model.",
+                  lifespan=lifespan)
+    app.state.gate, app.state.metrics, app.state.lifecycle = gate, metrics, state
+    batcher = None
+    if limits.max_batch > 1:
+        batcher = Batcher(gate, limits.max_batch, limits.max_delay_ms / 1000, metrics.batch_size.observe)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -393,6 +435,8 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
                 "running": gate.running, "waiting": max(0, gate.pending - gate.running), "served": gate.served,
                 "max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                 "formats": list(FORMATS_TEXT.replace(" or ", ", ").split(", "))}
+
+    _add_ops_routes(app, list(models), state, metrics)
 
     @app.get("/models", response_model=list[ModelBody], summary="the loaded models, their classes and colours")
     async def list_models() -> list[dict]:
@@ -422,29 +466,70 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
         # Admission first, so a full server refuses before copying the (spooled) upload into memory.
         if gate.pending >= gate.workers + gate.queue:
             return _busy(gate)
+        if state["draining"]:
+            return JSONResponse({"detail": "shutting down: not taking new images"}, status_code=503)
         data = await file.read()
         fmt, _, _ = sniff(data, name, limits.max_pixels)
         try:
-            result, waited = await gate.run(segment, models[key], data, name, limits.max_pixels, flip, max_size)
+            if batcher is not None:
+                result, waited = await _batched(gate, batcher, models[key], key, data, name, limits.max_pixels,
+                                                flip, max_size)
+            else:
+                result, waited = await gate.run(segment, models[key], data, name, limits.max_pixels, flip,
+                                                max_size)
         except Busy:
             return _busy(gate)
         finally:
             del data
+        metrics.observe_image(key, result["ms"] / 1000)
         want_png = format == "png" or (format is None and _prefers_png(request.headers.get("accept", "")))
         if want_png:
             stem = name.rsplit(".", 1)[0].replace(" ", "_") or "upload"
             return Response(result["png"], media_type="image/png", headers={
                 "Content-Disposition": f'inline; filename="{stem}_labels.png"',
-                "X-Fcnseg-Ms": f"{result['ms']:.1f}", "X-Fcnseg-Queue-Ms": f"{1000 * waited:.1f}"})
+                "X-Fcnseg-Ms": f"{result['ms']:.1f}", "X-Fcnseg-Queue-Ms": f"{1000 * waited:.1f}",
+                "X-Fcnseg-Batch": str(result.get("batch", 1))})
         m = models[key]
         return {"model": key, "filename": name, "format": fmt, "width": result["width"], "height": result["height"],
-                "ms": round(result["ms"], 1), "queue_ms": round(1000 * waited, 1),
+                "ms": round(result["ms"], 1), "queue_ms": round(1000 * waited, 1), "batch": result.get("batch", 1),
                 "shares": [{"index": k, "name": m.class_names[k], "colour": hex_colour(m.palette[k]),
                             "share": round(float(s), 5)} for k, s in enumerate(result["shares"])],
                 "labels_png": base64.b64encode(result["png"]).decode("ascii")}
 
     app.add_middleware(Guard, max_bytes=limits.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the Guard's refusals too
     return app
+
+
+def _add_ops_routes(app: FastAPI, names: list[str], state: dict, metrics: ServeMetrics) -> None:
+    """``GET /readyz`` (from ``state``: started, draining) and ``GET /metrics`` (Prometheus text)."""
+
+    @app.get("/readyz", response_model=ReadyBody, summary="readiness: models loaded and not shutting down",
+             responses={503: {"model": ErrorBody, "description": "starting or shutting down"}})
+    async def readyz():
+        if state["draining"] or not state["started"]:
+            why = "shutting down" if state["draining"] else "starting"
+            return JSONResponse({"detail": f"not ready: {why}"}, status_code=503)
+        return {"status": "ready", "models": names}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_page() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+
+async def _batched(gate: Gate, batcher: Batcher, model, key: str, data: bytes, name: str, max_pixels: int,
+                   flip: bool, max_size: int | None) -> tuple[dict, float]:
+    """``batcher.segment`` counted by the gate as an admitted request (``pending``, ``served``)."""
+    if gate.pending >= gate.workers + gate.queue:
+        raise Busy
+    gate.pending += 1
+    try:
+        result = await batcher.segment(model, key, data, name, max_pixels, flip, max_size)
+        gate.served += 1
+        return result
+    finally:
+        gate.pending -= 1
 
 
 def _busy(gate: Gate) -> JSONResponse:
@@ -469,8 +554,9 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
-          device: str = "auto", threads: int | None = None, log_level: str = "info") -> None:
-    """Loads the models and serves the app until interrupted.
+          device: str = "auto", threads: int | None = None, log_level: str = "info",
+          drain_timeout: float = 60.0) -> None:
+    """Loads the models and serves the app until interrupted; on SIGTERM/SIGINT, answers what it admitted first.
 
     Args:
         specs: model names or files (``load_models``); the first is the default.
@@ -480,6 +566,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: L
         device: where PyTorch models run.
         threads: torch's intra-op threads (None: torch's default).
         log_level: uvicorn's log level ("warning" hides the per-request lines).
+        drain_timeout: seconds to finish admitted requests after a shutdown signal before closing anyway.
     """
     import torch
     import uvicorn
@@ -498,8 +585,23 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: L
           f"{limits.max_pixels / 1e6:.0f} Mpixel)", flush=True)
     # limit_concurrency caps open connections too (uvicorn answers 503 beyond it), so idle clients cannot hold
     # unbounded memory either; the queue above is what normally answers first.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5,
-                limit_concurrency=limits.workers + limits.queue + 64)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5,
+                            limit_concurrency=limits.workers + limits.queue + 64,
+                            timeout_graceful_shutdown=drain_timeout)
+    _draining_server(config, app.state.lifecycle).run()
+
+
+def _draining_server(config, lifecycle: dict):
+    """A ``uvicorn.Server`` whose shutdown signal first marks the app as draining (``/readyz`` 503, no new
+    uploads); uvicorn then closes the listening socket and waits for the admitted requests."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            lifecycle["draining"] = True
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)
 
 
 __all__ = ["Limits", "create_app", "load_models", "serve", "sniff", "segment"]
