@@ -17,7 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import IGNORE, DatasetError, Sample, SegmentationDataset, _read_list, _read_raw_mask
+from .datasets import (
+    IGNORE,
+    DatasetError,
+    Sample,
+    SegmentationDataset,
+    _folder_layout,
+    _read_description,
+    _read_raw_mask,
+)
 from .images import IMAGE_EXTS
 from .palettes import default_palette
 
@@ -73,6 +81,9 @@ class MultilabelDataset(SegmentationDataset):
     def _check_one(self, i: int) -> None:
         self.load(i)
 
+    def _gather(self, records: list) -> None:
+        return None  # the data summary's statistics count one label per pixel; these masks hold K
+
     def class_frequencies(self) -> np.ndarray:
         """Pixels where each class is present, over the dataset."""
         counts = np.zeros(self.num_classes, np.int64)
@@ -83,19 +94,14 @@ class MultilabelDataset(SegmentationDataset):
 
 
 def multilabel(root, split: str | None = None, *, transforms=None) -> MultilabelDataset:
-    """A ``MultilabelDataset`` from a folder (layout in the module docstring)."""
+    """A ``MultilabelDataset`` from a folder (layout in the module docstring).
+
+    Raises:
+        DatasetError: a missing image, mask or class folder, or an unreadable ``dataset.yaml``.
+    """
     root = Path(root)
-    desc = _description(root)
-    img_dir, mask_dir = root / "images", root / "masks"
-    names = None
-    if split and (img_dir / split).is_dir():
-        img_dir, mask_dir = img_dir / split, mask_dir / split
-    elif split and (root / f"{split}.txt").is_file():
-        names = _read_list(root / f"{split}.txt")
-    elif split not in (None, "all"):
-        raise DatasetError(f"{root}: split {split!r} has neither images/{split}/ nor {split}.txt")
-    if not img_dir.is_dir():
-        raise DatasetError(f"{img_dir}: image folder is missing")
+    desc = _read_description(root, None)
+    img_dir, mask_dir, names = _folder_layout(root, split, desc)  # the folder dataset's layouts and splits
     if not mask_dir.is_dir():
         raise DatasetError(f"{mask_dir}: mask folder is missing (one subfolder per class)")
     classes = [str(c) for c in desc.get("classes") or sorted(p.name for p in mask_dir.iterdir() if p.is_dir())]
@@ -109,21 +115,6 @@ def multilabel(root, split: str | None = None, *, transforms=None) -> Multilabel
     samples = [Sample(images.get(n, img_dir / f"{n}.jpg"), mask_dir, n) for n in names]
     palette = [tuple(int(v) for v in c) for c in desc.get("palette", default_palette(len(classes) + 1)[1:])]
     return MultilabelDataset(samples, classes, palette, name=f"multilabel:{root.name}", transforms=transforms)
-
-
-def _description(root: Path) -> dict:
-    cfg = next((root / n for n in ("dataset.yaml", "dataset.yml", "dataset.json") if (root / n).is_file()), None)
-    if cfg is None:
-        return {}
-    import yaml
-
-    try:
-        desc = yaml.safe_load(cfg.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise DatasetError(f"{cfg}: cannot read the dataset description ({e})") from None
-    if not isinstance(desc, dict):
-        raise DatasetError(f"{cfg}: the dataset description must be a mapping")
-    return desc
 
 
 __all__ = ["MultilabelDataset", "multilabel"]
