@@ -157,6 +157,8 @@ def read_frames(path: str | os.PathLike, *, start: int = 0, end: int | None = No
         raise ValueError(f"every must be at least 1; got {every}")
     container, stream = _open(path)
     declared, n, yielded = int(stream.frames or 0), 0, 0
+    duration = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
+    fps = stream.average_rate or stream.guessed_rate
     with container:
         for frame in _decode(container, stream, path):
             i, n = n, n + 1
@@ -166,10 +168,18 @@ def read_frames(path: str | os.PathLike, *, start: int = 0, end: int | None = No
                 yielded += 1
                 yield i, _upright(frame.to_ndarray(format="rgb24"), frame)
     if not yielded:
-        raise VideoError(f"{path}: no video frames" + (f" in frames {start}..{end}" if n else ""))
-    if declared and n < declared and (end is None or n < end):
-        raise VideoError(f"{path}: stream ends after {n} of {declared} frames (truncated?); "
-                         f"--end {n} keeps what decodes")
+        raise VideoError(f"{path}: no video frames" + (f" in frames {start}..{end}" if n else
+                                                       " decode (empty, truncated or corrupt)"))
+    if (end is None or n < end) and n < _declared(declared, duration, fps):
+        raise VideoError(f"{path}: stream ends after {n} frames, the header declares "
+                         f"{declared or f'{duration:.2f} s'} (truncated?); --end {n} keeps what decodes")
+
+
+def _declared(frames: int, duration: float, fps) -> float:
+    # The frame count the container declares; else 90% of its duration's (variable rates, rounding), less 1.
+    if frames:
+        return frames
+    return 0.9 * duration * float(fps) - 1 if duration and fps else 0
 
 
 class _Smoother:
