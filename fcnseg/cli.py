@@ -184,6 +184,10 @@ def _video_exts() -> set[str]:
 def _predict_videos(model, videos: list[str], args: argparse.Namespace) -> int:
     from .video import segment_video
 
+    unused = [o for o, v in (("--probs", args.probs), ("--no-overlay", args.no_overlay), ("--max-size", args.max_size))
+              if v]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: for images only, not videos")
     for path in videos:
         r = segment_video(model, path, args.out, save_labels=args.save_labels, smooth=args.smooth,
                           every=args.every, start=args.start, end=args.end, batch_size=args.batch_size or 4,
