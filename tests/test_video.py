@@ -199,3 +199,25 @@ def test_memory_flat_over_length(tmp_path):
     assert r["frames"] == 240
     print(r)
     assert r["last_quarter_kb"] - r["second_quarter_kb"] < 8 * 1024, r
+
+
+def test_serve_returns_the_overlay_video(tmp_path, model):
+    from fastapi.testclient import TestClient
+
+    from fcnseg.serve import Limits, create_app
+
+    clip = make_clip(tmp_path / "walk.mp4", n=10, fps=10)
+    client = TestClient(create_app({"tiny": model}, Limits(max_pixels=100_000)))
+    r = client.post("/predict/video", files={"file": ("walk.mp4", clip.read_bytes())}, data={"smooth": "0.5"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "video/mp4" and r.headers["x-fcnseg-frames"] == "10"
+    (tmp_path / "back.mp4").write_bytes(r.content)
+    info = video_info(tmp_path / "back.mp4")
+    assert info.size == (96, 64) and info.fps == 10 and len(decoded(tmp_path / "back.mp4")) == 10
+    long = make_clip(tmp_path / "long.mkv", n=25, fps=1, codec="mpeg4")  # 25 s: over the 20 s limit
+    r = client.post("/predict/video", files={"file": ("long.mkv", long.read_bytes())})
+    assert r.status_code == 413 and "longer than 20 s" in r.json()["detail"]
+    r = client.post("/predict/video", files={"file": ("notes.mp4", b"not a video" * 20)})
+    assert r.status_code == 422 and r.json()["detail"].startswith("notes.mp4: not a readable video")
+    big = make_clip(tmp_path / "big.mp4", n=2, size=(360, 480))
+    assert client.post("/predict/video", files={"file": ("big.mp4", big.read_bytes())}).status_code == 413
