@@ -440,7 +440,7 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
 
     from .video import add_video_route
 
-    add_video_route(app, models, gate, _busy, _safe_name, limits.max_pixels)  # POST /predict/video (with PyAV)
+    add_video_route(app, models, gate, _busy, _safe_name, limits.max_pixels, ERRORS)  # POST /predict/video (PyAV)
     app.add_middleware(Guard, max_bytes=limits.max_upload_bytes)
     return app
 

@@ -5,8 +5,6 @@ checked against ``max_video_seconds`` and the server's ``max_pixels`` (per frame
 ``fcnseg.video.segment_video`` in a model worker (the same queue as images) and the folder removed.
 """
 
-from __future__ import annotations
-
 import math
 import tempfile
 from pathlib import Path
@@ -47,10 +45,11 @@ def segment_upload(model, data: bytes, name: str, max_pixels: int, max_seconds: 
                 "frames_per_s": r["frames_per_s"]}
 
 
-def add_video_route(app: FastAPI, models: dict, gate, busy, safe_name, max_pixels: int,
+def add_video_route(app: FastAPI, models: dict, gate, busy, safe_name, max_pixels: int, errors: dict,
                     max_seconds: float = MAX_VIDEO_SECONDS) -> None:
     """Adds ``POST /predict/video`` to ``app`` (``gate``: the server's ``Gate``; ``busy(gate)``: its 503
-    response; ``safe_name``: its upload-name cleaner). Nothing is added when PyAV is not installed."""
+    response; ``safe_name``: its upload-name cleaner; ``errors``: the error responses for the schema).
+    Nothing is added when PyAV is not installed."""
     try:
         import av  # noqa: F401
     except ImportError:
@@ -60,10 +59,12 @@ def add_video_route(app: FastAPI, models: dict, gate, busy, safe_name, max_pixel
     @app.post("/predict/video", summary=f"segment a short video (up to {max_seconds:g} s): the overlay video",
               response_class=Response,
               responses={200: {"content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}},
-                               "description": "the overlay video (H.264 MP4; VP9 WebM without H.264)"}})
+                               "description": "the overlay video (H.264 MP4; VP9 WebM without H.264)"},
+                         **errors})
     async def predict_video_route(
         file: Annotated[UploadFile, File(description="the video (mp4, mkv, webm, avi, mov, ...)")],
-        model: Annotated[str | None, Form(description="a name from GET /models (default: the first)")] = None,
+        model: Annotated[str | None, Form(description="a name from GET /models (default: the first)",
+                                          json_schema_extra={"enum": list(models)})] = None,
         smooth: Annotated[float, Form(ge=0.0, lt=1.0, description="EMA of probabilities over frames (0: off)")]
         = 0.0,
     ):
