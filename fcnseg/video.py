@@ -151,35 +151,38 @@ def read_frames(path: str | os.PathLike, *, start: int = 0, end: int | None = No
     """Yields ``(frame_index, HxWx3 uint8 RGB)`` for frames ``start, start+every, ...`` before ``end`` (frame
     numbers counted from 0 in decoding order), upright per the rotation metadata. Frames are decoded one at a
     time. Raises ``VideoError`` for a file with no video, corrupt data or no frames in the range, and when
-    the stream ends before the frame count the container declares (a truncated file)."""
-    path = Path(path)
+    the stream ends before the frame count or duration the container declares (a truncated file)."""
+    for i, _, rgb in _frames(Path(path), start, end, every):
+        yield i, rgb
+
+
+def _frames(path: Path, start: int, end: int | None, every: int) -> Iterator[tuple[int, float, np.ndarray]]:
+    """``read_frames`` with each frame's presentation time in seconds from the first frame's."""
     if every < 1:
         raise ValueError(f"every must be at least 1; got {every}")
     container, stream = _open(path)
-    declared, n, yielded = int(stream.frames or 0), 0, 0
+    declared, n, yielded, first, t = int(stream.frames or 0), 0, 0, None, 0.0
     duration = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
-    fps = stream.average_rate or stream.guessed_rate
+    fps = float(stream.average_rate or stream.guessed_rate or 25)
     with container:
         for frame in _decode(container, stream, path):
             i, n = n, n + 1
             if end is not None and i >= end:
                 break
+            if frame.time is not None:  # timestamps as they are (variable frame rates); else the average rate
+                first = frame.time if first is None else first
+                t = max(frame.time - first, t + 1e-3 if i else 0.0)
+            else:
+                t = i / fps if i else 0.0
             if i >= start and (i - start) % every == 0:
                 yielded += 1
-                yield i, _upright(frame.to_ndarray(format="rgb24"), frame)
+                yield i, t, _upright(frame.to_ndarray(format="rgb24"), frame)
     if not yielded:
         raise VideoError(f"{path}: no video frames" + (f" in frames {start}..{end}" if n else
                                                        " decode (empty, truncated or corrupt)"))
-    if (end is None or n < end) and n < _declared(declared, duration, fps):
-        raise VideoError(f"{path}: stream ends after {n} frames, the header declares "
+    if (end is None or n < end) and (n < declared if declared else t + 1 / fps < 0.9 * duration):
+        raise VideoError(f"{path}: stream ends after {n} frames ({t + 1 / fps:.2f} s), the header declares "
                          f"{declared or f'{duration:.2f} s'} (truncated?); --end {n} keeps what decodes")
-
-
-def _declared(frames: int, duration: float, fps) -> float:
-    # The frame count the container declares; else 90% of its duration's (variable rates, rounding), less 1.
-    if frames:
-        return frames
-    return 0.9 * duration * float(fps) - 1 if duration and fps else 0
 
 
 class _Smoother:
@@ -279,7 +282,9 @@ def pick_encoder() -> tuple[str, str]:
 
 
 class _Encoder:
-    """Writes ``HxWx3`` uint8 RGB frames to a video file at a constant ``fps``."""
+    """Writes ``HxWx3`` uint8 RGB frames to a video file at their times (``fps``: the nominal, average rate)."""
+
+    TIME_BASE = Fraction(1, 90000)  # MPEG's clock: exact for every common frame rate
 
     def __init__(self, path: str, fps: Fraction, size: tuple[int, int], codec: str, fmt: str):
         av = _av()
@@ -291,11 +296,16 @@ class _Encoder:
         if odd and codec != "libx264":
             raise VideoError(f"{codec} cannot write odd frame sizes ({w}x{h})")
         self.stream.pix_fmt = "yuv444p" if odd else "yuv420p"  # 4:2:0 needs even sizes
+        self.stream.codec_context.time_base = self.TIME_BASE
         if codec == "libx264":
             self.stream.options = {"crf": "20", "preset": "veryfast"}
+        self.last = -1
 
-    def write(self, rgb: np.ndarray) -> None:
+    def write(self, rgb: np.ndarray, seconds: float) -> None:
+        """Encodes one frame shown at ``seconds`` from the start (kept strictly increasing)."""
         frame = _av().VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = self.last = max(round(seconds / self.TIME_BASE), self.last + 1)
+        frame.time_base = self.TIME_BASE
         self.container.mux(self.stream.encode(frame))
 
     def close(self) -> None:
@@ -386,8 +396,8 @@ def segment_video(model, path: str | os.PathLike, out: str | os.PathLike, *, sav
         video_tmp, csv_tmp = staged.file(names[0]), staged.file(names[1])
         labels_dir = staged.folder(f"{path.stem}_labels") if save_labels else None
         encoder = _Encoder(video_tmp, info.fps / every, info.size, codec, suffix[1:])
-        frames = read_frames(path, start=first, end=stop, every=every)
-        stats = _run(model, frames, encoder, csv_tmp, labels_dir, bar, info.fps,
+        frames = (((i, t), rgb) for i, t, rgb in _frames(path, first, stop, every))
+        stats = _run(model, frames, encoder, csv_tmp, labels_dir, bar,
                      dict(batch_size=batch_size, smooth=smooth, tile=tile, flip=flip), alpha)
         encoder.close()
         staged.commit()
@@ -401,19 +411,19 @@ def segment_video(model, path: str | os.PathLike, out: str | os.PathLike, *, sav
             "outputs": names, **stats}
 
 
-def _run(model, frames, encoder: _Encoder, csv_path: str, labels_dir: Path | None, bar, fps: Fraction, kw: dict,
+def _run(model, frames, encoder: _Encoder, csv_path: str, labels_dir: Path | None, bar, kw: dict,
          alpha: float) -> dict:
     """The streamed loop of ``segment_video``: segments, encodes and writes a CSV row per frame."""
     names = [n.replace(",", " ") for n in model.class_names]
     t0, n, prev, total_flicker = time.perf_counter(), 0, None, 0.0
     with open(csv_path, "w") as csv:
         csv.write(",".join(["frame", "time_s", "flicker", *names]) + "\n")
-        for i, frame, labels in _segment(model, frames, **kw):
-            encoder.write(overlay(frame, labels, model.palette, alpha))
+        for (i, t), frame, labels in _segment(model, frames, **kw):
+            encoder.write(overlay(frame, labels, model.palette, alpha), t)
             change = flicker(prev, labels) if prev is not None and prev.shape == labels.shape else 0.0
             total_flicker += change
             shares = class_shares(labels, model.num_classes)
-            csv.write(f"{i},{float(i / fps):.3f},{change:.4f}," + ",".join(f"{s:.4f}" for s in shares) + "\n")
+            csv.write(f"{i},{t:.3f},{change:.4f}," + ",".join(f"{s:.4f}" for s in shares) + "\n")
             if labels_dir is not None:
                 label_image(labels, model.palette).save(labels_dir / f"{i:06d}.png")
             prev, n = labels, n + 1

@@ -221,3 +221,23 @@ def test_serve_returns_the_overlay_video(tmp_path, model):
     assert r.status_code == 422 and r.json()["detail"].startswith("notes.mp4: not a readable video")
     big = make_clip(tmp_path / "big.mp4", n=2, size=(360, 480))
     assert client.post("/predict/video", files={"file": ("big.mp4", big.read_bytes())}).status_code == 413
+
+
+def test_variable_frame_rate_keeps_its_timing(tmp_path, model):
+    clip = tmp_path / "vfr.mkv"
+    times = [0.0, 0.12, 0.16, 0.28, 0.32, 0.44, 0.48, 0.60, 0.64, 0.76]  # 120 ms and 40 ms, alternating
+    with av.open(str(clip), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.height, s.width, s.pix_fmt = 64, 96, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        for k, t in enumerate(times):
+            f = av.VideoFrame.from_ndarray(np.full((64, 96, 3), 20 * k, np.uint8), format="rgb24")
+            f.pts, f.time_base = round(t * 1000), Fraction(1, 1000)
+            c.mux(s.encode(f))
+        c.mux(s.encode())
+    r = segment_video(model, clip, tmp_path / "out")  # not refused as truncated though 10 frames < 25 fps * 0.8 s
+    assert r["frames"] == 10
+    with av.open(str(tmp_path / "out" / "vfr_overlay.mp4")) as c:
+        assert [round(float(f.time), 3) for f in c.decode(video=0)] == times
+    rows = (tmp_path / "out" / "vfr_frames.csv").read_text().splitlines()[1:]
+    assert [float(row.split(",")[1]) for row in rows] == times
