@@ -247,3 +247,19 @@ def test_variable_frame_rate_keeps_its_timing(tmp_path, model):
         assert [round(float(f.time), 3) for f in c.decode(video=0)] == times
     rows = (tmp_path / "out" / "vfr_frames.csv").read_text().splitlines()[1:]
     assert [float(row.split(",")[1]) for row in rows] == times
+
+
+def test_cli_options_for_videos(tmp_path, capsys):
+    clip = make_clip(tmp_path / "c.mp4", n=12, fps=10)
+    weights = str(save_shapes_model(tmp_path / "m.safetensors"))
+    out = tmp_path / "out"
+    assert main(["predict", str(clip), "--model", weights, "--out", str(out), "--quiet", "--start", "0.2s",
+                 "--end", "9", "--every", "3", "--save-labels"]) == 0
+    assert sorted(p.name for p in (out / "c_labels").iterdir()) == ["000002.png", "000005.png", "000008.png"]
+    assert len(decoded(out / "c_overlay.mp4")) == 3
+    capsys.readouterr()
+    for extra, message in ((["--probs"], "--probs: for images only"), (["--start", "soon"], "bad time 'soon'"),
+                           ([str(tmp_path / "m.safetensors")], "either videos or images")):
+        assert main(["predict", str(clip), *extra, "--model", weights, "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() or not list((tmp_path / "x").iterdir())
