@@ -5,6 +5,15 @@ from .models import ARCHS, BACKBONES, FCN, build_model, convolutionalize, staged
 from .preprocessing import Preprocessing
 from .pretrained import load
 
+
+def predict_video(model, path, **kw):
+    """Segments a video lazily, yielding ``(frame_index, labels)``; see ``fcnseg.video.predict_video`` (needs
+    PyAV: ``pip install 'fcnseg[video]'``)."""
+    from .video import predict_video as run
+
+    return run(model, path, **kw)
+
+
 __version__ = "0.2.0"
-__all__ = ["ARCHS", "BACKBONES", "FCN", "Preprocessing", "build_model", "convolutionalize", "load",
+__all__ = ["ARCHS", "BACKBONES", "FCN", "Preprocessing", "build_model", "convolutionalize", "load", "predict_video",
            "save_pretrained", "staged_init"]

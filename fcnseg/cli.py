@@ -188,10 +188,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     backend = args.backend or ("onnxruntime" if str(args.model).endswith(".onnx") else "torch")
     model = _load_for_inference(args.model, backend, args.device)
     _set_threshold(model, args.threshold, args.model)
+    videos = [p for p in args.inputs if Path(p).suffix.lower() in _video_exts()]
+    if videos:
+        if len(videos) != len(args.inputs):
+            raise ValueError("give either videos or images to one fcnseg predict, not both")
+        return _predict_videos(model, videos, args)
     results, errors = predict_files(model, args.inputs, args.out, max_size=args.max_size,
                                     save_overlay=not args.no_overlay, save_probs=args.probs,
                                     tile=args.tile or None, overlap=args.overlap, flip=args.flip,
-                                    batch_size=args.batch_size, max_pixels=args.max_pixels or None,
+                                    batch_size=args.batch_size or 1, max_pixels=args.max_pixels or None,
                                     progress=None if not args.quiet else False, verbose=not args.quiet,
                                     shard=shard, skip_existing=args.skip_existing)
     skipped = sum(1 for r in results if r.get("skipped"))
@@ -222,6 +227,27 @@ def _merge_under_torchrun(rank: int, out: str) -> None:
         print(f"merged the summaries of {dist.get_world_size()} processes into {Path(out) / 'summary.json'} "
               f"({len(merged['images'])} images)")
     finish_distributed()
+
+def _video_exts() -> set[str]:
+    from .video import VIDEO_EXTS
+
+    return VIDEO_EXTS
+
+
+def _predict_videos(model, videos: list[str], args: argparse.Namespace) -> int:
+    from .video import segment_video
+
+    unused = [o for o, v in (("--probs", args.probs), ("--no-overlay", args.no_overlay), ("--max-size", args.max_size))
+              if v]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: for images only, not videos")
+    for path in videos:
+        r = segment_video(model, path, args.out, save_labels=args.save_labels, smooth=args.smooth,
+                          every=args.every, start=args.start, end=args.end, batch_size=args.batch_size or 4,
+                          tile=args.tile or None, flip=args.flip, progress=None if not args.quiet else False)
+        print(f"{path}: {r['frames']} frames {r['size'][0]}x{r['size'][1]} at {r['frames_per_s']:.1f} frames/s; "
+              f"mean flicker {100 * r['mean_flicker']:.2f}%; wrote {', '.join(r['outputs'])} to {args.out}")
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -336,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_data_check)
 
     r = sub.add_parser("predict", help="segment images: label PNGs, overlays, probabilities, class shares")
-    r.add_argument("inputs", nargs="*", help="image files, folders of images, or glob patterns")
+    r.add_argument("inputs", nargs="*", help="image files, folders of images, glob patterns, or video files "
+                   "(.mp4 .mkv .avi .webm .mov ...: writes NAME_overlay.mp4 and NAME_frames.csv)")
     r.add_argument("--model", default="camvid-fcn8s-lite0",
                    help="a pretrained name, a .safetensors file, a Hub-style folder, hf://ORG/NAME[@REV], or an "
                         ".onnx file from fcnseg export")
@@ -347,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segment images larger than TILE x TILE pixels in overlapping windows (0: always whole)")
     r.add_argument("--overlap", type=int, default=128, help="pixels shared by neighbouring windows")
     r.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
-    r.add_argument("--batch-size", type=int, default=1, help="images (or windows) per forward pass")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="images (or windows) per forward pass (default 1; 4 frames for videos)")
     r.add_argument("--max-size", type=int, help="segment a copy downscaled to this long side")
     r.add_argument("--max-pixels", type=int, default=100_000_000,
                    help="refuse larger images (decompression bombs); 0 for no limit")
@@ -356,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threshold", type=float, help="binary/multilabel models: probability from which a pixel is "
                    "foreground (default: the one stored with the model)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or per-image lines")
+    r.add_argument("--save-labels", action="store_true", help="videos: also write NAME_labels/NNNNNN.png per frame")
+    r.add_argument("--smooth", type=float, default=0.0, metavar="ALPHA",
+                   help="videos: average class probabilities over frames, s = ALPHA*s + (1-ALPHA)*p (0: off)")
+    r.add_argument("--every", type=int, default=1, metavar="N", help="videos: segment every Nth frame")
+    r.add_argument("--start", metavar="T", help="videos: first frame: a frame number (300) or seconds (10s, 2.5s)")
+    r.add_argument("--end", metavar="T", help="videos: stop before this frame number (900) or time (30s)")
     r.add_argument("--device", default="auto")
     r.add_argument("--threads", type=int)
     r.add_argument("--shard", metavar="I/N", help="segment only every N-th image from the I-th (0-based) of the "

@@ -496,6 +496,9 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
                             "share": round(float(s), 5)} for k, s in enumerate(result["shares"])],
                 "labels_png": base64.b64encode(result["png"]).decode("ascii")}
 
+    from .video import add_video_route
+
+    add_video_route(app, models, gate, _busy, _safe_name, limits.max_pixels, ERRORS)  # POST /predict/video (PyAV)
     app.add_middleware(Guard, max_bytes=limits.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the Guard's refusals too
     return app
