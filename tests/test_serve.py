@@ -319,3 +319,67 @@ def test_browser_upload_shows_overlay_legend_and_shares(server, browser, tmp_pat
     assert page.locator(".result").first.locator(".legend li").count() == 3
     assert not [p for p in problems if "415" not in p], problems  # the 415 is the only console error
     page.close()
+
+
+def _tiny_video(path: Path, n: int = 8, size: tuple[int, int] = (64, 96), fps: int = 8) -> Path:
+    """``n`` frames of a red square moving over a grey gradient, H.264 in MP4 (as tests/test_video.py writes)."""
+    av = pytest.importorskip("av")
+    h, w = size
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.height, s.width, s.pix_fmt = h, w, "yuv420p"
+        for i in range(n):
+            a = np.repeat(np.linspace(40, 200, w)[None, :, None], 3, axis=2).repeat(h, axis=0)
+            a[h // 4:h // 2, 4 * i:4 * i + w // 4] = (220, 30, 30)
+            c.mux(s.encode(av.VideoFrame.from_ndarray(a.astype(np.uint8), format="rgb24")))
+        c.mux(s.encode())
+    return path
+
+
+def test_browser_video_upload_shows_the_overlay_video(server, browser, tmp_path):
+    clip = _tiny_video(tmp_path / "walk.mp4")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.goto(server["url"] + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.get_attribute("#files", "accept") == "image/*,video/*"
+    page.select_option("#model", "tiny")
+    page.select_option("#smooth", "0.5")
+
+    with page.expect_response(lambda r: r.url.endswith("/predict/video")) as answer:
+        page.set_input_files("#files", str(clip))
+    card = page.locator(".result").first
+    assert card.locator(".name").inner_text() == "walk.mp4"
+    assert card.locator("video.clip").get_attribute("src").startswith("blob:")  # the upload, shown at once
+    assert answer.value.status == 200 and answer.value.headers["x-fcnseg-frames"] == "8"
+    card.locator("xpath=self::*[@data-state='done']").wait_for(timeout=120_000)
+    assert card.locator(".badge").inner_text() == "8 frames"
+    media = answer.value.headers["content-type"]
+    assert media in ("video/mp4", "video/webm")
+    # The overlay came back as a video blob and the browser loaded it: its length is the clip's, 8 frames at 8/s.
+    video = card.locator("video.overlay-video")
+    assert video.get_attribute("src").startswith("blob:") and video.get_attribute("controls") is not None
+    state = video.evaluate("e => [e.readyState, e.duration, e.videoWidth, e.videoHeight, e.error && e.error.code]")
+    assert state[0] >= 1 and state[1] == pytest.approx(1.0, abs=0.2) and state[2:] == [96, 64, None], state
+    assert card.locator(".note").is_hidden()
+    timing = card.locator(".timing").inner_text()
+    assert "8 frames" in timing and "frames/s" in timing and "tiny" in timing, timing
+    link = card.locator("a.download")
+    assert link.get_attribute("download") == "walk_overlay" + (".webm" if media == "video/webm" else ".mp4")
+    assert link.get_attribute("href") == video.get_attribute("src") and link.is_visible()
+    # (The page's Content-Security-Policy keeps fetch() off blob: URLs: the link carries the blob's type and size.)
+    assert link.get_attribute("type") == media and int(link.get_attribute("data-bytes")) > 1000
+    assert page.inner_text("#status") == "1 video added"
+
+    # Text named like a video goes to /predict/video too: the card shows the server's 422 like an image error.
+    fake = tmp_path / "x.mp4"
+    fake.write_text("this is not a video, only some text\n" * 10)
+    page.set_input_files("#files", str(fake))
+    error = page.locator(".result[data-state='error']")
+    error.wait_for(timeout=60_000)
+    assert error.locator(".name").inner_text() == "x.mp4" and error.locator(".badge").inner_text() == "failed"
+    assert error.locator(".error").inner_text().startswith("422: x.mp4: not a readable video")
+    assert not [p for p in problems if "422" not in p], problems  # the 422 is the only console error
+    page.close()

@@ -220,9 +220,10 @@ class Guard:
         (b"x-content-type-options", b"nosniff"),
         (b"referrer-policy", b"no-referrer"),
         (b"x-frame-options", b"DENY"),
-        # The page loads only its own files; label PNGs come back as data: URLs and photos as blob: URLs.
-        (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
-                                     b"base-uri 'none'; frame-ancestors 'none'"),
+        # The page loads only its own files; label PNGs come back as data: URLs, photos and videos (the upload and
+        # the overlay video) as blob: URLs.
+        (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+                                     b"object-src 'none'; base-uri 'none'; frame-ancestors 'none'"),
     ]
 
     def __init__(self, app, max_bytes: int) -> None:

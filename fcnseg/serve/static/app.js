@@ -42,7 +42,24 @@ function applyOpacity() {
   document.documentElement.style.setProperty("--overlay-opacity", String(value / 100));
 }
 
+// Videos go to /predict/video; the type is what the browser says or, when it says nothing, the name's extension.
+const VIDEO_EXTS = /\.(mp4|m4v|mov|mkv|webm|avi|mpg|mpeg|ts|wmv|flv|ogv)$/i;
+
+function isVideo(file) {
+  return file.type ? file.type.startsWith("video/") : VIDEO_EXTS.test(file.name);
+}
+
+function newVideoCard(file) {
+  const card = $("#video-template").content.firstElementChild.cloneNode(true);
+  $(".name", card).textContent = file.name;
+  $(".badge", card).textContent = "waiting";
+  $("video.clip", card).src = URL.createObjectURL(file);
+  $("#results").prepend(card);
+  return card;
+}
+
 function newCard(file) {
+  if (isVideo(file)) return newVideoCard(file);
   const card = $("#result-template").content.firstElementChild.cloneNode(true);
   $(".name", card).textContent = file.name;
   $(".badge", card).textContent = "waiting";
@@ -109,6 +126,50 @@ function showResult(card, body, roundTripMs) {
   });
 }
 
+function contentFilename(response) {
+  const match = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
+  return match ? match[1] : null;
+}
+
+// The overlay video: shown in the card's second <video>, with its download link, frames and frames/s.
+async function showVideoResult(card, file, model, response, roundTripMs) {
+  const blob = await response.blob();
+  const url = URL.createObjectURL(blob);
+  const video = $("video.overlay-video", card);
+  const loaded = new Promise((resolve) => {
+    video.addEventListener("loadeddata", () => resolve(true), { once: true });
+    video.addEventListener("error", () => resolve(false), { once: true });
+    setTimeout(() => resolve(video.readyState >= 1), 10000);
+  });
+  video.src = url;
+  const frames = response.headers.get("X-Fcnseg-Frames");
+  const fps = response.headers.get("X-Fcnseg-Frames-Per-S");
+  const queueMs = Number(response.headers.get("X-Fcnseg-Queue-Ms") || 0);
+  const what = document.createElement("span");
+  what.className = "video-info";
+  what.textContent = `${blob.type || "video"} · ${formatBytes(blob.size)}` +
+    (frames ? ` · ${frames} frames` : "") + (model ? ` · ${model}` : "");
+  const when = document.createElement("span");
+  when.className = "ms";
+  when.textContent = (fps ? `${Number(fps).toFixed(1)} frames/s · ` : "") +
+    (queueMs >= 1 ? `queued ${queueMs.toFixed(0)} ms · ` : "") + `round trip ${(roundTripMs / 1000).toFixed(1)} s`;
+  $(".timing", card).replaceChildren(what, when);
+  const link = $(".download", card);
+  link.href = url;
+  link.type = blob.type;
+  link.dataset.bytes = String(blob.size);
+  const ext = blob.type === "video/webm" ? ".webm" : ".mp4";
+  link.download = contentFilename(response) || `${file.name.replace(/\.[^.]*$/, "") || "upload"}_overlay${ext}`;
+  link.hidden = false;
+  if (!(await loaded)) {
+    const note = $(".note", card);
+    note.textContent = `This browser cannot play ${blob.type || "the video"}: download it instead.`;
+    note.hidden = false;
+  }
+  card.dataset.state = "done";
+  $(".badge", card).textContent = frames ? `${frames} frames` : "done";
+}
+
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function segment(file, card) {
@@ -118,19 +179,37 @@ async function segment(file, card) {
     return;
   }
   $(".badge", card).textContent = "segmenting…";
+  const video = isVideo(file);
   const form = new FormData();
   form.append("file", file, file.name);
   form.append("model", $("#model").value);
-  form.append("flip", $("#flip").checked ? "true" : "false");
-  if ($("#max-size").value) form.append("max_size", $("#max-size").value);
+  if (video) {
+    form.append("smooth", $("#smooth").value);
+  } else {
+    form.append("flip", $("#flip").checked ? "true" : "false");
+    if ($("#max-size").value) form.append("max_size", $("#max-size").value);
+  }
   const start = performance.now();
   // A full queue answers 503 with Retry-After: wait and try again a few times.
   for (let attempt = 0; attempt < 6; attempt++) {
     let response;
     try {
-      response = await fetch("/predict", { method: "POST", body: form, headers: { Accept: "application/json" } });
+      response = video ? await fetch("/predict/video", { method: "POST", body: form })
+        : await fetch("/predict", { method: "POST", body: form, headers: { Accept: "application/json" } });
     } catch (err) {
       showError(card, `${file.name}: the server did not answer (${err.message})`);
+      return;
+    }
+    if (video && response.ok) {
+      try {
+        await showVideoResult(card, file, form.get("model"), response, performance.now() - start);
+      } catch (err) {
+        showError(card, `${file.name}: the overlay video did not arrive (${err.message})`);
+      }
+      return;
+    }
+    if (video && (response.status === 404 || response.status === 405)) {
+      showError(card, `${file.name}: this server does not segment videos (it needs PyAV: pip install 'fcnseg[video]')`);
       return;
     }
     const body = await response.json().catch(() => ({ detail: response.statusText }));
@@ -156,7 +235,12 @@ function addFiles(files) {
     const card = newCard(file);
     state.queue = state.queue.then(() => segment(file, card));
   }
-  setStatus(`${list.length} image${list.length > 1 ? "s" : ""} added`);
+  const videos = list.filter(isVideo).length;
+  const images = list.length - videos;
+  const parts = [];
+  if (images) parts.push(`${images} image${images > 1 ? "s" : ""}`);
+  if (videos) parts.push(`${videos} video${videos > 1 ? "s" : ""}`);
+  setStatus(`${parts.join(" and ")} added`);
 }
 
 function setupDrop() {
@@ -179,7 +263,7 @@ function setupDrop() {
     event.preventDefault();
     addFiles(event.dataTransfer.files);
   });
-  // Dropping outside the box must not make the browser navigate away to the image.
+  // Dropping outside the box must not make the browser navigate away to the image or video.
   window.addEventListener("dragover", (event) => event.preventDefault());
   window.addEventListener("drop", (event) => event.preventDefault());
 }
