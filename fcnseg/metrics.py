@@ -151,9 +151,9 @@ def scores(mat: torch.Tensor) -> dict:
     freq = gt / total if total > 0 else gt
     if total == 0:  # every pixel ignored: no mean is defined; None (JSON null, "-" in tables), never NaN
         return {"pixel_acc": None, "mean_acc": None, "mean_iu": None, "fw_iu": None,
-                "per_class_iu": iu.tolist(), "per_class_acc": acc.tolist()}
+                "per_class_iu": iu.tolist(), "per_class_acc": acc.tolist(), **f_scores(h)}
     return {
-        "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
+        "pixel_acc": float(tp.sum() / total),
         "mean_acc": float(acc.nanmean()),
         "mean_iu": float(iu.nanmean()),
         "fw_iu": float((freq[union > 0] * iu[union > 0]).sum()),
