@@ -113,10 +113,11 @@ def test_when_node_1_dies_node_0_stops_within_the_timeout_and_nothing_is_half_wr
     assert code != 0, log[-3000:]
     assert waited < 30 + 20, (waited, log[-3000:])  # FCNSEG_DIST_TIMEOUT plus the launcher's own shutdown
     # Rank 0's worker fails in gloo ("Connection closed by peer [ADDR]:PORT" or "Read error [ADDR]:PORT: Connection
-    # reset by peer", "... a remote worker crashing/hanging"): the message names the lost peer's address, not its
-    # rank, and the launcher's summary names rank 0 (the one that failed here). Or the launcher loses the c10d
-    # store first (node 1 may hold it, both launchers being on one host) and exits non-zero itself.
+    # reset by peer"): gloo names the lost peer's address, not its rank; fcnseg's line starts "rank 0 of 2: " and
+    # the launcher's summary names rank 0 (the one that failed here). Or the launcher loses the c10d store first
+    # (node 1 may hold it, both launchers being on one host) and exits non-zero itself.
     assert "peer" in log and ("fcnseg: error:" in log or "RendezvousConnectionError" in log), log[-3000:]
+    assert "fcnseg: error:" not in log or "fcnseg: error: rank 0 of 2: " in log, log[-3000:]  # the reporting rank
     assert not stale_temp_files(out)
     assert load_checkpoint(out / "last.pt")["step"] >= 1
     print(f"node 0 stopped {waited:.1f} s after node 1 died; its log ends:\n{log[-1500:]}")
