@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -452,7 +453,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         for problem in getattr(e, "problems", []):  # every bad pair, when none was usable (--skip-bad)
             print(f"skipped: {problem}", file=sys.stderr)
-        print(f"fcnseg: error: {_rank_prefix(e)}{one_line(e)}", file=sys.stderr)
+        prefix = _rank_prefix(e)
+        print(f"fcnseg: error: {prefix}{one_line(e)}", file=sys.stderr)
+        if prefix:  # the group's backend failed (a lost peer): leaving it can block for good; exit at once
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(2)
         _leave_process_group()
         return 2
 

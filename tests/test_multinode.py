@@ -1,7 +1,7 @@
 """Multi-node training: two ``torchrun`` launchers on 127.0.0.1 acting as two nodes (c10d rendezvous, one process
-each) train the same weights as one single-node ``torchrun --standalone --nproc-per-node 2``; and when node 1's
-launcher dies mid-run, node 0 stops within FCNSEG_DIST_TIMEOUT with nothing half-written. See docs/training.md,
-"Several machines"."""
+each) train the same weights as one single-node ``torchrun --standalone --nproc-per-node 2``; when node 1's
+launcher dies mid-run, node 0 stops within FCNSEG_DIST_TIMEOUT with nothing half-written; and with
+``--max-restarts 1`` both nodes restart after a worker dies and resume. See docs/training.md, "Several machines"."""
 
 import contextlib
 import os
@@ -26,21 +26,23 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "FCNSEG_DIST_TIMEOUT": "30"}
 
 
-def _node_cmd(rank: int, port: int, run_id: str, cfg: dict) -> list[str]:
+def _node_cmd(rank: int, port: int, run_id: str, cfg: dict, *extra: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
             "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-            "--rdzv-id", run_id, "--monitor-interval", "0.5", "-m", "fcnseg.cli", "train", *_args(cfg)]
+            "--rdzv-id", run_id, "--monitor-interval", "0.5", *extra, "-m", "fcnseg.cli", "train",
+            *(["--resume"] if "--max-restarts" in extra else []), *_args(cfg)]
 
 
-def _two_nodes(cfg: dict, log_dir: Path) -> tuple[list[subprocess.Popen], list[Path]]:
+def _two_nodes(cfg: dict, log_dir: Path, *extra: str, env: dict | None = None
+               ) -> tuple[list[subprocess.Popen], list[Path]]:
     """Starts both launchers together; node 0 hosts the c10d rendezvous store on a free loopback port."""
     port, run_id = _free_port(), uuid.uuid4().hex[:8]
     procs, logs = [], []
     for rank in (0, 1):
         logs.append(log_dir / f"node{rank}.log")
         with open(logs[-1], "w") as f:
-            procs.append(subprocess.Popen(_node_cmd(rank, port, run_id, cfg), cwd=REPO, env=ENV, stdout=f,
-                                          stderr=subprocess.STDOUT))
+            procs.append(subprocess.Popen(_node_cmd(rank, port, run_id, cfg, *extra), cwd=REPO, env=env or ENV,
+                                          stdout=f, stderr=subprocess.STDOUT))
     return procs, logs
 
 
@@ -121,3 +123,24 @@ def test_when_node_1_dies_node_0_stops_within_the_timeout_and_nothing_is_half_wr
     assert not stale_temp_files(out)
     assert load_checkpoint(out / "last.pt")["step"] >= 1
     print(f"node 0 stopped {waited:.1f} s after node 1 died; its log ends:\n{log[-1500:]}")
+
+
+@pytest.mark.slow
+def test_two_nodes_restart_together_after_a_worker_dies_and_resume(tmp_path):
+    """`--max-restarts 1` on both launchers: rank 1 (node 1) SIGKILLs itself after step 3; rank 0 fails in gloo and
+    exits at once ("rank 0 of 2: ..."), both agents count one failure, meet again, and both workers resume from
+    last.pt with the same store prefix (attempt 1) and finish."""
+    shapes = make_shapes(tmp_path / "shapes", n=8, splits=True)
+    out = tmp_path / "multi"
+    cfg = tiny(shapes, out, epochs=6, threads=1, val_split=None, ckpt_every=1)
+    env = {**ENV, "FCNSEG_FAULT_AT_STEP": "3", "FCNSEG_FAULT_RANK": "1", "FCNSEG_FAULT_MARKER": str(tmp_path / "m")}
+    procs, logs = _two_nodes(cfg, tmp_path, "--max-restarts", "1", env=env)
+    try:
+        codes = [p.wait(timeout=150) for p in procs]
+    finally:
+        _stop(procs)
+    log = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs)
+    assert codes == [0, 0], log
+    assert "fault injection: rank 1 kills itself after step 3" in log and "resumed from" in log, log
+    assert _steps_logged(out) == [1, 2, 3, 4, 5, 6]
+    assert load_checkpoint(out / "last.pt")["step"] == 6 and not stale_temp_files(out)
