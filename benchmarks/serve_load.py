@@ -1,12 +1,17 @@
 """A bounded load test of ``fcnseg serve`` on loopback: latency percentiles, errors, throughput, peak RSS.
 
-    python benchmarks/serve_load.py                       # starts a server, 200 requests, 8 at a time
+    python benchmarks/serve_load.py                       # 200 requests, 8 at a time, without and with batching
+    python benchmarks/serve_load.py --max-batch 8 --max-delay-ms 20 --requests 100 --time-limit 120
     python benchmarks/serve_load.py --url http://127.0.0.1:8000 --server-pid PID   # an already running server
 
 Every request uploads the same photo (default: fcnseg/demo_images/leuvenA.jpg) to ``POST /predict`` and reads the
 JSON answer. An error is any answer but 200, or no answer. The server's peak RSS is the kernel's high-water mark
 (``VmHWM`` in ``/proc/PID/status``) of the server process. Only loopback addresses are accepted: this is not a
 tool for loading other people's machines.
+
+Unless ``--url`` is given, the test runs twice, each time against a server of its own: without dynamic batching,
+then with it (``fcnseg serve --max-batch N --max-delay-ms T``), and prints one table row for each. Each run is
+bounded by ``--requests`` and ``--time-limit``.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def _mb(pid: int, key: str) -> float | None:
     return None
 
 
-def _start_server(args) -> tuple[subprocess.Popen, str]:
+def _start_server(args, batch: tuple[int, float] | None = None) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -48,6 +53,8 @@ def _start_server(args) -> tuple[subprocess.Popen, str]:
            "--workers", str(args.workers), "--queue", str(max(args.concurrency, 1)), "--threads", str(args.threads)]
     for m in args.serve_model or []:
         cmd += ["--model", m]
+    if batch is not None:
+        cmd += ["--max-batch", str(batch[0]), "--max-delay-ms", str(batch[1])]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -102,7 +109,7 @@ def run(url: str, image: Path, requests: int, concurrency: int, model: str | Non
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
     errors = sum(n for s, n in statuses.items() if s != 200)
     return {"sent": len(latencies), "statuses": dict(statuses), "errors": errors,
-            "p50": q[49], "p95": q[94], "max": max(latencies), "wall": wall, "rps": len(latencies) / wall,
+            "p50": q[49], "p95": q[94], "p99": q[98], "max": max(latencies), "wall": wall, "rps": len(latencies) / wall,
             "model_ms": statistics.median(model_ms) if model_ms else float("nan")}
 
 
@@ -117,38 +124,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve-model", action="append", help="--model for the started server (repeatable)")
     p.add_argument("--workers", type=int, default=1, help="--workers for the started server")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the started server")
-    p.add_argument("--time-limit", type=float, default=600, help="stop sending after this many seconds")
+    p.add_argument("--time-limit", type=float, default=600, help="stop sending after this many seconds (per run)")
+    p.add_argument("--max-batch", type=int, default=4, help="--max-batch of the started server's batched run")
+    p.add_argument("--max-delay-ms", type=float, default=10, help="--max-delay-ms of the batched run")
     args = p.parse_args(argv)
-    if args.requests < 1 or args.concurrency < 1:
-        p.error("--requests and --concurrency must be at least 1")
-    proc = None
+    if args.requests < 1 or args.concurrency < 1 or args.max_batch < 2:
+        p.error("--requests and --concurrency must be at least 1, --max-batch at least 2")
     if args.url:
         host = urlparse(args.url).hostname or ""
         if host not in ("127.0.0.1", "localhost", "::1"):
             p.error(f"--url must be a loopback address (127.0.0.1, localhost, ::1); got {host}")
-        url, pid = args.url.rstrip("/"), args.server_pid
+        runs = [("the running server", None)]
     else:
-        proc, url = _start_server(args)
-        pid = proc.pid
-    try:
-        rss_start = _mb(pid, "VmRSS") if pid else None
-        r = run(url, args.image, args.requests, args.concurrency, args.model, args.time_limit)
-        peak = _mb(pid, "VmHWM") if pid else None
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
-    print(f"fcnseg serve load test: {args.image.name}, {r['sent']} of {args.requests} requests sent")
-    print(f"requests {r['sent']}, concurrency {args.concurrency}, errors {r['errors']}, statuses {r['statuses']}")
-    print(f"latency ms: p50 {r['p50']:.0f}, p95 {r['p95']:.0f}, max {r['max']:.0f} "
-          f"(model time per image, median: {r['model_ms']:.0f} ms)")
-    print(f"throughput {r['rps']:.2f} requests/s over {r['wall']:.1f} s")
-    if peak is not None:
-        print(f"server peak RSS {peak:.0f} MB (at the start of the load: {rss_start:.0f} MB)")
-    else:
-        print("server peak RSS unknown (give --server-pid)")
-    return 0 if r["errors"] == 0 else 1
-
+        runs = [("no batching", None),
+                (f"--max-batch {args.max_batch} --max-delay-ms {args.max_delay_ms:g}", (args.max_batch,
+                                                                                    args.max_delay_ms))]
+    rows = []
+    for name, batch in runs:
+        proc = None
+        if args.url:
+            url, pid = args.url.rstrip("/"), args.server_pid
+        else:
+            proc, url = _start_server(args, batch)
+            pid = proc.pid
+        try:
+            rss_start = _mb(pid, "VmRSS") if pid else None
+            r = run(url, args.image, args.requests, args.concurrency, args.model, args.time_limit)
+            r["peak"], r["rss_start"] = (_mb(pid, "VmHWM") if pid else None), rss_start
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
+        rows.append((name, r))
+    print(f"fcnseg serve load test: {args.image.name}, up to {args.requests} requests per run, concurrency "
+          f"{args.concurrency}, server --workers {args.workers} --threads {args.threads}")
+    print("| server | requests | errors | requests/s | p50 ms | p95 ms | p99 ms | max ms | model ms (median) "
+          "| peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in rows:
+        peak = f"{r['peak']:.0f}" if r["peak"] is not None else "unknown (give --server-pid)"
+        print(f"| {name} | {r['sent']} | {r['errors']} | {r['rps']:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | "
+              f"{r['p99']:.0f} | {r['max']:.0f} | {r['model_ms']:.0f} | {peak} |")
+    for name, r in rows:
+        if r["errors"]:
+            print(f"{name}: statuses {r['statuses']}")
+    return 0 if all(r["errors"] == 0 for _, r in rows) else 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -452,9 +453,25 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         for problem in getattr(e, "problems", []):  # every bad pair, when none was usable (--skip-bad)
             print(f"skipped: {problem}", file=sys.stderr)
-        print(f"fcnseg: error: {one_line(e)}", file=sys.stderr)
+        prefix = _rank_prefix(e)
+        print(f"fcnseg: error: {prefix}{one_line(e)}", file=sys.stderr)
+        if prefix:  # the group's backend failed (a lost peer): leaving it can block for good; exit at once
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(2)
         _leave_process_group()
         return 2
+
+
+def _rank_prefix(e: BaseException) -> str:
+    """"rank R of W: " for an error of the process group's backend under torchrun (a lost peer: gloo names only its
+    address; DDP's backward hands it on as a plain RuntimeError, hence the test on the message)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return ""
+    if not isinstance(e, getattr(dist, "DistError", ())) and not any(w in str(e) for w in ("gloo", "NCCL")):
+        return ""
+    return f"rank {dist.get_rank()} of {dist.get_world_size()}: "
 
 
 def one_line(e: BaseException) -> str:

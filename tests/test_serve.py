@@ -251,8 +251,8 @@ def test_load_script_reports_latency_errors_and_rss(server):
                         "--server-pid", str(server["proc"].pid), "--requests", "12", "--concurrency", "3",
                         "--model", "tiny"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "requests 12, concurrency 3, errors 0" in r.stdout, r.stdout
-    for key in ("p50", "p95", "max", "throughput", "server peak RSS"):
+    assert "| the running server | 12 | 0 |" in r.stdout and "concurrency 3" in r.stdout, r.stdout
+    for key in ("p50", "p95", "p99", "max", "requests/s", "peak RSS"):
         assert key in r.stdout, key
 
 
