@@ -287,10 +287,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_push(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .hub import push
+    from .hub import parse_hf, push
+    from .pretrained import load
 
+    parse_hf(args.repo)  # a bad repository name before any loading
+    model = args.model if Path(args.model).is_dir() else load(args.model)
     with tempfile.TemporaryDirectory(prefix="fcnseg-push-") as staging:
-        files = push(args.model, args.repo, dry_run=args.dry_run, revision=args.revision, private=args.private,
+        files = push(model, args.repo, dry_run=args.dry_run, revision=args.revision, private=args.private,
                      message=args.message, staging=Path(staging) / Path(str(args.model)).stem)
         verb = "would upload" if args.dry_run else "uploaded"
         print(f"{verb} {len(files)} files to {args.repo}" + (f"@{args.revision}" if args.revision else "") + ":")

@@ -193,26 +193,31 @@ def model_card(config: dict, name: str = "model") -> str:
     return "\n".join(lines)
 
 
-def hub_files(model_spec: str | os.PathLike, staging: str | os.PathLike) -> tuple[Path, list[Path]]:
+def hub_files(model_spec, staging: str | os.PathLike) -> tuple[Path, list[Path]]:
     """The folder to upload for ``model_spec`` and its exact files.
 
-    A Hub-style folder is checked by loading it and uploaded as it is (its three files only); a pretrained name
-    or ``.safetensors`` file is first written with ``save_pretrained`` into ``staging``.
-    """
-    from .pretrained import load
+    ``model_spec`` is a Hub-style folder, checked by loading it and uploaded as it is (its three files only), or a
+    loaded FCN (``fcnseg.load`` takes pretrained names and ``.safetensors`` files), first written with
+    ``save_pretrained`` into ``staging``.
 
-    src = Path(model_spec)
-    if src.is_dir():
+    Raises:
+        ValueError: ``model_spec`` is neither (a file path: load it first).
+    """
+    if isinstance(model_spec, (str, os.PathLike)):
+        src = Path(model_spec)
+        if not src.is_dir():
+            raise ValueError(f"{src}: not a Hub-style folder; pass fcnseg.load({str(src)!r}) to push a model file")
         load_folder(src)  # a folder that does not load is never pushed
         folder = src
     else:
-        folder = save_pretrained(load(model_spec), staging)
+        folder = save_pretrained(model_spec, staging)
     return folder, [folder / f for f in HUB_FILES if (folder / f).is_file()]
 
 
-def push(model_spec: str | os.PathLike, repo: str, *, dry_run: bool = False, revision: str | None = None,
+def push(model_spec, repo: str, *, dry_run: bool = False, revision: str | None = None,
          private: bool = False, message: str | None = None, staging: str | os.PathLike) -> list[Path]:
-    """Uploads a model as a Hub-style folder to ``repo`` ("ORG/NAME") with ``huggingface_hub.upload_folder``.
+    """Uploads a model (a Hub-style folder or a loaded FCN, see ``hub_files``) to ``repo`` ("ORG/NAME") with
+    ``huggingface_hub.upload_folder``.
 
     Returns the files uploaded (or, with ``dry_run``, that would be: nothing is sent). The token is
     huggingface_hub's own (``HF_TOKEN`` or ``huggingface-cli login``).
@@ -228,5 +233,5 @@ def push(model_spec: str | os.PathLike, repo: str, *, dry_run: bool = False, rev
     api = HfApi()
     api.create_repo(repo, private=private, exist_ok=True)
     api.upload_folder(repo_id=repo, folder_path=str(folder), allow_patterns=[f.name for f in files],
-                      revision=revision, commit_message=message or f"fcnseg push {Path(str(model_spec)).name}")
+                      revision=revision, commit_message=message or f"fcnseg push {folder.name}")
     return files

@@ -3,9 +3,11 @@
 from .datasets import DATASETS, IGNORE, DatasetError, SegmentationDataset, build_dataset
 from .multilabel import MultilabelDataset, multilabel
 from .palettes import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, colorize, overlay, voc_palette
+from .standard import ade20k, cityscapes
 
 _TRANSFORMS = ("eval_transforms", "pad_collate", "train_transforms")
-DATASETS["multilabel"] = multilabel  # registered here: multilabel.py builds on datasets.py
+# Registered here: these modules build on datasets.py, which must not import them back.
+DATASETS.update(multilabel=multilabel, cityscapes=cityscapes, ade20k=ade20k)
 
 __all__ = ["CAMVID_CLASSES", "CAMVID_PALETTE", "DATASETS", "IGNORE", "VOC_CLASSES", "DatasetError",
            "MultilabelDataset", "SegmentationDataset", "build_dataset", "colorize", "overlay", "voc_palette",

@@ -639,11 +639,9 @@ def _raw_histogram(samples: Sequence[Sample]) -> np.ndarray:
     return hist
 
 
+# Cityscapes, ADE20K (fcnseg.data.standard) and multilabel build on the classes here and are registered by the
+# package (fcnseg/data/__init__.py), which Python imports before this module.
 DATASETS: dict[str, Callable[..., SegmentationDataset]] = {"voc": voc, "sbd": sbd, "camvid": camvid, "folder": folder}
-# Cityscapes and ADE20K (fcnseg.data.standard) build on the classes above.
-from .standard import ade20k, cityscapes  # noqa: E402
-
-DATASETS.update(cityscapes=cityscapes, ade20k=ade20k)
 
 
 def build_dataset(name: str, root, split: str | None, transforms=None, **kwargs) -> SegmentationDataset:
