@@ -268,13 +268,19 @@ def browser():
         b.close()
 
 
-def test_browser_upload_shows_overlay_legend_and_shares(server, browser, tmp_path):
+def _open_page(server, browser) -> tuple:
+    """The app's page, ready, and the list its JavaScript errors and console errors are collected in."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     problems = []
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.goto(server["url"] + "/")
     page.wait_for_selector("body[data-ready=true]")
+    return page, problems
+
+
+def test_browser_upload_shows_overlay_legend_and_shares(server, browser, tmp_path):
+    page, problems = _open_page(server, browser)
     assert page.locator("#model option").all_inner_texts() == ["camvid-fcn8s-lite0 (11 classes)", "tiny (3 classes)"]
     assert "up to 2 MB and 4 Mpixel" in page.inner_text("#limits")
 
@@ -338,12 +344,7 @@ def _tiny_video(path: Path, n: int = 8, size: tuple[int, int] = (64, 96), fps: i
 
 def test_browser_video_upload_shows_the_overlay_video(server, browser, tmp_path):
     clip = _tiny_video(tmp_path / "walk.mp4")
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    problems = []
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.goto(server["url"] + "/")
-    page.wait_for_selector("body[data-ready=true]")
+    page, problems = _open_page(server, browser)
     assert page.get_attribute("#files", "accept") == "image/*,video/*"
     page.select_option("#model", "tiny")
     page.select_option("#smooth", "0.5")

@@ -4,7 +4,6 @@ shutdown (SIGTERM) that answers every admitted request before the process exits.
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,24 +17,11 @@ from conftest import save_shapes_model
 from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from test_serve import _free_port, _jpeg
 
 from fcnseg.serve import create_app, load_models
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _jpeg(h: int, w: int, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3)).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(small).resize((w, h), Image.BILINEAR).save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
