@@ -465,10 +465,9 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
         if key not in models:
             raise HTTPException(422, f"model: unknown model {key!r}; loaded: {', '.join(models)}")
         # Admission first, so a full server refuses before copying the (spooled) upload into memory.
-        if gate.pending >= gate.workers + gate.queue:
-            return _busy(gate)
-        if state["draining"]:
-            return JSONResponse({"detail": "shutting down: not taking new images"}, status_code=503)
+        refused = _refusal(gate, state, "images")
+        if refused is not None:
+            return refused
         data = await file.read()
         fmt, _, _ = sniff(data, name, limits.max_pixels)
         try:
@@ -499,7 +498,8 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
 
     from .video import add_video_route
 
-    add_video_route(app, models, gate, _busy, _safe_name, limits.max_pixels, ERRORS)  # POST /predict/video (PyAV)
+    add_video_route(app, models, gate, _busy, lambda: _refusal(gate, state, "videos"), _safe_name,
+                    limits.max_pixels, ERRORS)  # POST /predict/video (PyAV)
     app.add_middleware(Guard, max_bytes=limits.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the Guard's refusals too
     return app
@@ -534,6 +534,15 @@ async def _batched(gate: Gate, batcher: Batcher, model, key: str, data: bytes, n
         return result
     finally:
         gate.pending -= 1
+
+
+def _refusal(gate: Gate, state: dict, what: str) -> JSONResponse | None:
+    """The 503 for an upload that cannot go in (queue full, or the server shutting down); None if it can."""
+    if gate.pending >= gate.workers + gate.queue:
+        return _busy(gate)
+    if state["draining"]:
+        return JSONResponse({"detail": f"shutting down: not taking new {what}"}, status_code=503)
+    return None
 
 
 def _busy(gate: Gate) -> JSONResponse:

@@ -45,10 +45,11 @@ def segment_upload(model, data: bytes, name: str, max_pixels: int, max_seconds: 
                 "frames_per_s": r["frames_per_s"]}
 
 
-def add_video_route(app: FastAPI, models: dict, gate, busy, safe_name, max_pixels: int, errors: dict,
+def add_video_route(app: FastAPI, models: dict, gate, busy, refuse, safe_name, max_pixels: int, errors: dict,
                     max_seconds: float = MAX_VIDEO_SECONDS) -> None:
     """Adds ``POST /predict/video`` to ``app`` (``gate``: the server's ``Gate``; ``busy(gate)``: its 503
-    response; ``safe_name``: its upload-name cleaner; ``errors``: the error responses for the schema).
+    response; ``refuse()``: the server's admission, a 503 response or None; ``safe_name``: its upload-name
+    cleaner; ``errors``: the error responses for the schema).
     Nothing is added when PyAV is not installed."""
     try:
         import av  # noqa: F401
@@ -72,8 +73,9 @@ def add_video_route(app: FastAPI, models: dict, gate, busy, safe_name, max_pixel
         key = model or default
         if key not in models:
             raise HTTPException(422, f"model: unknown model {key!r}; loaded: {', '.join(models)}")
-        if gate.pending >= gate.workers + gate.queue:
-            return busy(gate)
+        refused = refuse()  # the image route's admission: queue full or shutting down
+        if refused is not None:
+            return refused
         from . import Busy
 
         data = await file.read()
