@@ -162,7 +162,7 @@ def agreement(threads: int) -> dict:
     """torchfcn FCN8s with random weights, loaded into fcnseg: the scores of both on one 500x500 image."""
     import torch
 
-    from fcnseg.models.weights import load_torchfcn
+    from fcnseg.io.modelfile import load_torchfcn
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -52,7 +52,7 @@ def main() -> None:
             images = (len(rows) - warm) * cfg.batch_size
             print(f"{name:58s} {images / t:11.2f}", flush=True)
             if model is None:
-                from fcnseg.checkpoint import load_model
+                from fcnseg.io.modelfile import load_model
 
                 model = load_model(Path(out) / "model.safetensors")
     val = build_dataset("camvid", args.root, "val", transforms=eval_transforms())

@@ -164,9 +164,9 @@ def plot_predictions(path: Path, runs: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fcnseg.checkpoint import load_model
     from fcnseg.data.images import decode_image
     from fcnseg.data.palettes import colorize
+    from fcnseg.io.modelfile import load_model
 
     arms = [a for a in ("e1-fcn32s", "e1-fcn16s", "e1-fcn8s") if (runs / a / "model.safetensors").exists()]
     if not arms:

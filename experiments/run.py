@@ -62,9 +62,9 @@ def run_arm(name: str, overrides: list[str], results: Path, force: bool = False,
     """
     import torch
 
-    from fcnseg.checkpoint import load_model
     from fcnseg.data import build_dataset, eval_transforms
     from fcnseg.evaluate import evaluate
+    from fcnseg.io.modelfile import load_model
     from fcnseg.train import cpu_name, load_config, train
 
     done = set() if done is None else done

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .data.palettes import colorize, imagenet_categories
 from .models import build_model, build_trunk, count_parameters, to_tensor
 from .models.surgery import linear_to_conv
-from .models.weights import imagenet_categories, load_backbone_weights, read_state_dict
+from .models.weights import load_backbone_weights, read_state_dict
 from .predict import _save_image
 from .preprocessing import Normalize
 
@@ -59,7 +60,6 @@ def run_demo(out: str, threads: int = 2, classifier: bool = False, model: str = 
     """Runs the segmentation demo (or with ``classifier`` the convolutionalized classifier demo)."""
     if classifier:
         return run_classifier_demo(out, threads)
-    from .data.palettes import colorize
     from .predict import predict_files
     from .pretrained import load
 

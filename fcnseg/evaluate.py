@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import atomic_write
 from .data.palettes import label_image
+from .io.atomic import atomic_write
 from .metrics import ConfusionMatrix, MultilabelConfusion, boundary_band
 from .report import per_image_scores
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import FORMAT, atomic_write
 from .data.palettes import default_palette
+from .io.atomic import atomic_write
+from .io.modelfile import FORMAT
 from .models.fcn import FCN, _check_input
 
 FORMATS = ("onnx", "torchscript")

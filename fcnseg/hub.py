@@ -3,9 +3,9 @@
 A folder written by ``save_pretrained`` is what ``fcnseg.load(FOLDER)`` reads and what ``fcnseg push`` uploads:
 
 - ``config.json``: ``{"format": "fcnseg-hub-1", "library_name": "fcnseg", "model": model.config(), "info": {...}}``;
-  ``model`` is the spec ``fcnseg.checkpoint.load_model`` rebuilds from (arch, backbone, classes, palette,
+  ``model`` is the spec ``fcnseg.io.modelfile.load_model`` rebuilds from (arch, backbone, classes, palette,
   preprocessing, ...).
-- ``model.safetensors``: the weights, written by ``fcnseg.checkpoint.save_model`` (so it also loads on its own).
+- ``model.safetensors``: the weights, written by ``fcnseg.io.modelfile.save_model`` (so it also loads on its own).
 - ``README.md``: a model card (Hub metadata, classes and colours, preprocessing, metrics, a usage snippet).
 
 ``hf://ORG/NAME[@REVISION]`` is fetched with ``huggingface_hub.snapshot_download`` (its cache, ``HF_HOME`` /
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write, load_model, read_model_metadata, save_model
+from .io.atomic import atomic_write
+from .io.modelfile import load_model, read_model_metadata, save_model
 
 HUB_FORMAT = "fcnseg-hub-1"
 CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "README.md"

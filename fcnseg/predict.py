@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import tasks
-from .checkpoint import atomic_write
 from .data.images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image, pil_to_array
 from .data.palettes import label_image, overlay
+from .io.atomic import atomic_write
 
 DEFAULT_MODEL = "camvid-fcn8s-lite0"
 TILE = 1024  # windows of 1 Mpixel keep VGG16's activations near 1.5 GB and Lite0's far below

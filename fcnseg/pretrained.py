@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model
+from .io.modelfile import load_model
 
 HERE = Path(__file__).resolve().parent / "weights"
 
@@ -41,7 +41,7 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
 
     Args:
         name_or_path: a name from ``PRETRAINED`` (e.g. "camvid-fcn8s-lite0"), a ``.safetensors`` file
-            written by ``fcnseg.checkpoint.save_model`` (``fcnseg train`` writes ``best.safetensors``), a
+            written by ``fcnseg.io.modelfile.save_model`` (``fcnseg train`` writes ``best.safetensors``), a
             Hub-style folder written by ``fcnseg.save_pretrained``, or ``hf://ORG/NAME[@REVISION]`` (through
             the Hugging Face cache; see ``fcnseg.hub``).
         device: where to put it.

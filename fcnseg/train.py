@@ -32,18 +32,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import (
-    WriteError,
-    atomic_write,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-    save_model,
-    stale_temp_files,
-)
 from .data import MultilabelDataset, build_dataset, eval_transforms, pad_collate, train_transforms
 from .data.transforms import seeded
 from .evaluate import evaluate, format_table, write_report
+from .io.atomic import WriteError, atomic_write, stale_temp_files
+from .io.checkpoint import load_checkpoint, save_checkpoint
+from .io.modelfile import load_model, save_model
 from .losses import TASKS, build_loss, parse_loss, segmentation_loss
 from .models import build_model, staged_init
 

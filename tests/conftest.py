@@ -21,7 +21,7 @@ def cached_model(arch: str, backbone: str, num_classes: int = 5) -> fcnseg.FCN:
 def save_shapes_model(path: Path, **info) -> Path:
     """Saves a 3-class FCN-8s for the shapes datasets (``make_shapes``) with random score layers, so that its
     predictions mix all classes across an image; ``info`` is stored with it."""
-    from fcnseg.checkpoint import save_model
+    from fcnseg.io.modelfile import save_model
 
     torch.manual_seed(0)
     model = fcnseg.build_model("fcn8s", "mobilenet_v3_large", 3, class_names=["background", "square", "disc"])

@@ -21,10 +21,10 @@ from conftest import make_shapes, save_shapes_model
 from PIL import Image
 
 import fcnseg
-from fcnseg.checkpoint import stale_temp_files
 from fcnseg.cli import main
 from fcnseg.data import build_dataset
 from fcnseg.data.images import decode_image
+from fcnseg.io.atomic import stale_temp_files
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (48, 64)  # make_shapes' (H, W)

@@ -9,8 +9,8 @@ from PIL import Image
 from torch import nn
 
 import fcnseg
-from fcnseg.checkpoint import load_model, save_model
 from fcnseg.data.images import ImageError, decode_image
+from fcnseg.io.modelfile import load_model, save_model
 from fcnseg.models.channels import adapt_input_channels, adapt_preprocessing
 from fcnseg.preprocessing import CAFFE_BGR, IMAGENET, TF_LITE
 

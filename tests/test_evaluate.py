@@ -13,7 +13,7 @@ from conftest import save_shapes_model
 from PIL import Image
 
 import fcnseg
-from fcnseg.checkpoint import load_model, save_model
+from fcnseg.io.modelfile import load_model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 

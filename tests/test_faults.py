@@ -19,7 +19,9 @@ from conftest import make_shapes
 from safetensors.torch import load_file
 from test_train import _args, tiny
 
-from fcnseg.checkpoint import WriteError, load_checkpoint, load_model, stale_temp_files
+from fcnseg.io.atomic import WriteError, stale_temp_files
+from fcnseg.io.checkpoint import load_checkpoint
+from fcnseg.io.modelfile import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
@@ -170,7 +172,7 @@ def test_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(tm
 
 def test_write_errors_name_the_file_and_leave_the_old_one(tmp_path, monkeypatch):
     """The atomic writer itself: a failing write of a model file leaves the old file and no temporary."""
-    from fcnseg.checkpoint import save_checkpoint
+    from fcnseg.io.checkpoint import save_checkpoint
 
     save_checkpoint({"model": {}, "config": {}, "step": 1}, tmp_path / "c.pt")
 

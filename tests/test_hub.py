@@ -18,6 +18,7 @@ from PIL import Image
 import fcnseg
 from fcnseg.cli import main
 from fcnseg.hub import HUB_FILES, parse_hf, save_pretrained
+from fcnseg.io.modelfile import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,7 +181,7 @@ def test_push_dry_run_lists_the_exact_files(folder, tiny, tmp_path, capsys):
     assert "notes.txt" not in capsys.readouterr().out
     # A .safetensors file is staged as a Hub folder first.
     tiny_file = tmp_path / "m.safetensors"
-    fcnseg.checkpoint.save_model(tiny, tiny_file)
+    save_model(tiny, tiny_file)
     assert main(["push", "--model", str(tiny_file), "--repo", "org/name", "--dry-run"]) == 0
     names = [line.split("\t")[0].strip() for line in capsys.readouterr().out.splitlines()[1:]]
     assert names == list(HUB_FILES)

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 import fcnseg
-from fcnseg.checkpoint import save_model
 from fcnseg.data.images import ImageError, decode_image
+from fcnseg.io.modelfile import save_model
 from fcnseg.predict import _ramp, _starts, predict_image, predict_iter, probabilities, read_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,7 +285,7 @@ def test_torchfcn_weights_give_the_same_scores(tmp_path):
 
     sys.modules.setdefault("fcn", types.ModuleType("fcn"))  # torchfcn imports it only to download weights
     torchfcn = pytest.importorskip("torchfcn", reason="torchfcn is a benchmark/dev dependency (make bench-deps)")
-    from fcnseg.models.weights import load_torchfcn
+    from fcnseg.io.modelfile import load_torchfcn
 
     torch.manual_seed(0)
     ref = torchfcn.models.FCN8s(n_class=21).eval()

@@ -20,7 +20,8 @@ from test_faults import _steps_logged
 from test_serve import _free_port
 from test_train import _args, tiny
 
-from fcnseg.checkpoint import load_checkpoint, stale_temp_files
+from fcnseg.io.atomic import stale_temp_files
+from fcnseg.io.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "FCNSEG_DIST_TIMEOUT": "30"}

@@ -225,7 +225,7 @@ def test_isbi_like_binary_run_counts_object_pixels_and_repeats_from_config(tmp_p
 def test_batchnorm_with_batch_1_is_refused_before_step_1_and_freeze_bn_makes_it_legal(tmp_path):
     import torch
 
-    from fcnseg.checkpoint import load_model
+    from fcnseg.io.modelfile import load_model
     from fcnseg.train import load_config, train
 
     root = make_shapes(tmp_path / "s", n=4, splits=False)
@@ -259,7 +259,8 @@ def test_wrapper_key_prefixes_are_stripped_with_a_notice(tmp_path, capsys, prefi
     import torch
     from safetensors.torch import save_file
 
-    from fcnseg.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+    from fcnseg.io.checkpoint import load_checkpoint, save_checkpoint
+    from fcnseg.io.modelfile import load_model, save_model
     from fcnseg.models import build_model
     from fcnseg.models.weights import read_state_dict
 

@@ -10,9 +10,9 @@ import torch
 import yaml
 from PIL import Image
 
-from fcnseg.checkpoint import load_model
 from fcnseg.data import DatasetError, build_dataset, eval_transforms, pad_collate
 from fcnseg.evaluate import evaluate, write_report
+from fcnseg.io.modelfile import load_model
 from fcnseg.metrics import MultilabelConfusion
 from fcnseg.tasks import decide, labels_from_scores, probabilities
 from fcnseg.train import load_config, train
@@ -211,7 +211,7 @@ def test_serve_answers_binary_models_and_refuses_multilabel_ones(tmp_path):
     import io
 
     import fcnseg
-    from fcnseg.checkpoint import save_model
+    from fcnseg.io.modelfile import save_model
     from fcnseg.serve import load_models, segment
 
     torch.manual_seed(0)
@@ -261,8 +261,8 @@ def test_report_gallery_draws_a_binary_models_thresholded_labels(tmp_path, monke
 
 def test_threshold_option_of_predict_overrides_the_stored_one(tmp_path, capsys):
     import fcnseg
-    from fcnseg.checkpoint import save_model
     from fcnseg.cli import main
+    from fcnseg.io.modelfile import save_model
 
     torch.manual_seed(0)
     model = fcnseg.build_model("fcn8s", "mobilenet_v3_large", 2, task="binary").eval()

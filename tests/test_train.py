@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import make_shapes
 
-from fcnseg.checkpoint import load_model
 from fcnseg.data import DatasetError, build_dataset, eval_transforms
 from fcnseg.evaluate import evaluate
+from fcnseg.io.modelfile import load_model
 from fcnseg.train import (
     HEAVY_LR,
     build,

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 import torchvision
 
 import fcnseg
+from fcnseg.data.palettes import imagenet_categories
 from fcnseg.models import build_trunk
 from fcnseg.models.weights import (
     BackboneWeights,
     get_weights,
-    imagenet_categories,
     load_backbone_weights,
     read_state_dict,
 )

@@ -61,3 +61,10 @@ def label_image(labels: np.ndarray, palette):
     flat = [int(v) for c in palette for v in c]
     im.putpalette(flat + [0] * (768 - len(flat)))
     return im
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names, as torchvision ships them."""
+    import torchvision
+
+    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])

@@ -1,0 +1,1 @@
+"""Files: atomic writes, model files (safetensors + metadata) and training checkpoints."""
