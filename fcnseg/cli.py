@@ -96,12 +96,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                       per_image=args.report)
     if rank == 0:
         result.update(model=str(args.model), dataset=args.dataset, split=args.split)
-        gallery = None
+        write_report(result, out)
         if args.report:
-            from .report import worst_images
+            from .report import worst_images, write_html
 
             gallery = worst_images(model, ds, result["per_image"], args.report_worst, device)
-        write_report(result, out, html=args.report, palette=model.palette, gallery=gallery)
+            write_html(result, out, model.palette, gallery)
         print(format_table(result))
         wrote = out / ("report.html" if args.report else "metrics.json")
         print(f"{result['images_per_s']:.2f} images/s; wrote {wrote}")

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .data.images import to_float, to_tensor
 from .data.palettes import colorize, imagenet_categories
-from .models import build_model, build_trunk, count_parameters, to_tensor
+from .models import build_model, build_trunk, count_parameters
 from .models.surgery import linear_to_conv
 from .models.weights import load_backbone_weights, read_state_dict
 from .predict import _save_image
@@ -108,7 +109,7 @@ def run_classifier_demo(out: str, threads: int = 2) -> int:
     photos = {"chelsea": data.chelsea(), "coffee": data.coffee(), "astronaut": data.astronaut()}
     print(f"EfficientNet-Lite0 ImageNet classifier, convolutionalized: {count_parameters(model):,d} parameters")
     for name, rgb in photos.items():
-        x = to_tensor(rgb)[None]
+        x = to_float(to_tensor(rgb))[None]
         t = time.perf_counter()
         with torch.inference_mode():
             scores = model(x)[0]

@@ -13,8 +13,7 @@ import torch.distributed as dist
 
 from .data.palettes import label_image
 from .io.atomic import atomic_write
-from .metrics import ConfusionMatrix, MultilabelConfusion, boundary_band
-from .report import per_image_scores
+from .metrics import ConfusionMatrix, MultilabelConfusion, boundary_band, per_image_scores
 
 
 def _rank_world() -> tuple[int, int]:
@@ -163,17 +162,16 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(result: dict, out: str | Path, html: bool = False, palette=None,
-                 gallery: list[dict] | None = None) -> None:
-    """``metrics.json`` plus ``confusion_matrix.png`` and ``per_class_iu.png`` in ``out``; with ``html``, also
-    ``report.html``, one self-contained page (see ``fcnseg.report``).
+def write_report(result: dict, out: str | Path) -> None:
+    """``metrics.json`` plus ``confusion_matrix.png`` (not for multilabel) and ``per_class_iu.png`` in ``out``;
+    ``fcnseg.report.write_html`` adds the self-contained ``report.html`` from them.
 
     Args:
         result: ``evaluate``'s result (with ``model``, ``dataset``, ``split`` added by the caller, if known).
         out: the folder (created).
-        html: also write ``report.html``.
-        palette: a colour per class for the page (default: fcnseg's default palette).
-        gallery: ``fcnseg.report.worst_images``' list for the page's gallery, or None for none.
+
+    Raises:
+        fcnseg.io.atomic.WriteError: a file could not be written.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,13 +187,6 @@ def write_report(result: dict, out: str | Path, html: bool = False, palette=None
     if result.get("task") != "multilabel":  # a multilabel result has K two-by-two matrices
         plot_confusion(result, out / "confusion_matrix.png")
     plot_per_class_iu(result, out / "per_class_iu.png")
-    if html:
-        from .data.palettes import default_palette
-        from .report import html_report
-
-        page = html_report(result, palette or default_palette(len(result["class_names"])),
-                           (out / "confusion_matrix.png").read_bytes(), gallery)
-        atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
 
 def _nan_to_none(v):

@@ -144,8 +144,9 @@ class OnnxModel:
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
 
     def predict(self, image, **kw) -> torch.Tensor:
-        """``(H, W)`` labels of one image (path, PIL image, array or tensor); see ``fcnseg.predict.predict_image``."""
-        from .predict import predict_image
+        """``(H, W)`` labels of one image (path, PIL image, array or tensor); see
+        ``fcnseg.models.inference.predict_image``."""
+        from .models.inference import predict_image
 
         return torch.from_numpy(predict_image(self, image, **kw)[0].astype(np.int64))
 

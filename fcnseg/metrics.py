@@ -189,3 +189,13 @@ def f_scores(mat: torch.Tensor) -> dict:
 
     return {"mean_dice": mean(dice), "mean_precision": mean(precision), "mean_recall": mean(recall),
             "per_class_dice": dice, "per_class_precision": precision, "per_class_recall": recall}
+
+
+def per_image_scores(truth: torch.Tensor, pred: torch.Tensor, num_classes: int) -> dict:
+    """Mean IU and pixel accuracy of one image (classes in neither the truth nor the prediction left out;
+    pixels labelled 255 or outside the classes not counted). NaN when the image has no counted pixel."""
+    cm = ConfusionMatrix(num_classes, device=truth.device)
+    cm.update(truth, pred)
+    s = scores(cm.mat)
+    nan = float("nan")
+    return {k: nan if s[k] is None else s[k] for k in ("mean_iu", "pixel_acc")}

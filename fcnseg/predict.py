@@ -1,9 +1,7 @@
-"""Inference on images of any size: label maps, overlays, class probabilities, class shares and timings.
+"""The predict job: image files in, label maps, overlays, class probabilities, class shares and timings out.
 
-An FCN takes a whole image at once. Images with more pixels than ``tile * tile`` are cut into overlapping
-``tile x tile`` windows whose softmax probabilities are blended with weights that fall off towards each
-window's edge, so seams don't show; windows are processed one row at a time and finished rows are
-written out, so memory stays bounded by the tile size and the image width, whatever the height.
+Each image is segmented by ``fcnseg.models.inference.predict_image`` (whole, or in overlapping windows when
+it has more pixels than ``tile * tile``); consecutive images of one size are batched.
 
 ``model`` is anything that maps an ``(N, 3, H, W)`` float tensor in [0, 1] to ``(N, C, H, W)`` scores and
 has ``num_classes``, ``class_names`` and ``palette``: an ``FCN`` or an ``export.OnnxModel``.
@@ -24,17 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from . import tasks
-from .data.images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image, pil_to_array
+from .data.images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image, to_float, to_tensor
 from .data.palettes import label_image, overlay
 from .io.atomic import atomic_write
+from .models.inference import OVERLAP, TILE, decide_labels, label_dtype, predict_image, probabilities
 
 DEFAULT_MODEL = "camvid-fcn8s-lite0"
-TILE = 1024  # windows of 1 Mpixel keep VGG16's activations near 1.5 GB and Lite0's far below
-OVERLAP = 128
 
 
 def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -58,165 +53,6 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS, cha
     """An ``HxWx3`` uint8 RGB array (``HxWxC`` for other ``channels``), upright per EXIF; see
     ``fcnseg.data.images.decode_image``."""
     return decode_image(path, max_pixels=max_pixels, exif=True, channels=channels)
-
-
-def _as_chw(image, channels: int = 3) -> torch.Tensor:
-    """A ``(3, H, W)`` tensor (``(channels, H, W)``), uint8 (0..255) or float (0..1), from a path, PIL image,
-    array or tensor. For 3 channels grey arrays are repeated and a 4th (alpha) dropped; otherwise an array
-    must have ``channels`` channels (a 2-D array is one channel)."""
-    if isinstance(image, (str, os.PathLike)):
-        image = read_image(image, channels=channels)
-    if isinstance(image, Image.Image):
-        # The file rules: a 16-bit grey image is scaled, not clipped at 255.
-        image = pil_to_array(image, channels)
-    if isinstance(image, np.ndarray):
-        if image.ndim == 2:
-            image = image[:, :, None] if channels == 1 else np.repeat(image[:, :, None], 3, axis=2)
-        if channels != 3:
-            if image.ndim != 3 or image.shape[2] != channels:
-                raise ValueError(f"expected an HxWx{channels} image array; got shape {image.shape}")
-        elif image.ndim != 3 or image.shape[2] not in (3, 4):
-            raise ValueError(f"expected an HxWx3 image array; got shape {image.shape}")
-        image = image[:, :, :3] if channels == 3 else image
-        if image.dtype == np.uint16:
-            image = (image.astype(np.float32) / 65535.0 * 255.0).round().astype(np.uint8)
-        if image.dtype != np.uint8:
-            return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    if isinstance(image, torch.Tensor):
-        if image.dim() != 3 or image.shape[0] != channels:
-            raise ValueError(f"expected a ({channels}, H, W) image tensor; got shape {tuple(image.shape)}")
-        return image if image.dtype == torch.uint8 or image.is_floating_point() else image.float() / 255.0
-    raise TypeError(f"cannot read an image from {type(image).__name__}")
-
-
-def _float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-
-
-def _forward(model, x: torch.Tensor) -> torch.Tensor:
-    """Scores of a float batch, on the model's device, dtype and memory format."""
-    if isinstance(model, torch.nn.Module):
-        param = next(model.parameters())
-        conv = next((p for p in model.parameters() if p.dim() == 4), param)
-        fmt = torch.channels_last if (conv.is_contiguous(memory_format=torch.channels_last)
-                                      and not conv.is_contiguous()) else torch.contiguous_format
-        x = x.to(param.device, param.dtype).contiguous(memory_format=fmt)
-    return model(x)
-
-
-def probabilities(model, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
-    """Class probabilities ``(N, C, H, W)`` (float32, CPU) of a float batch: softmax, or for a binary model
-    ``[1 - p, p]``, for a multilabel one the K sigmoids (``fcnseg.tasks.probabilities``); ``flip`` averages
-    them with those of the mirrored images (test-time augmentation)."""
-    task = _task(model)[0]
-    p = tasks.probabilities(_forward(model, x), task)
-    if flip:
-        p = (p + tasks.probabilities(_forward(model, x.flip(-1)), task).flip(-1)) / 2
-    return p.cpu()
-
-
-def _task(model) -> tuple[str, float]:
-    return getattr(model, "task", "multiclass"), getattr(model, "threshold", 0.5)
-
-
-def _decide(model, p: torch.Tensor, dim: int) -> torch.Tensor:
-    """Labels from (possibly unnormalised, for multiclass and binary) probabilities along ``dim``."""
-    task, threshold = _task(model)
-    return tasks.decide(p, task, threshold, dim)
-
-
-def _starts(n: int, tile: int, overlap: int) -> list[int]:
-    if n <= tile:
-        return [0]
-    step = tile - overlap
-    starts = list(range(0, n - tile, step))
-    return starts + [n - tile]
-
-
-def _ramp(n: int, overlap: int) -> torch.Tensor:
-    # 1 inside, falling linearly over ``overlap`` pixels at both ends; never 0, so every pixel has weight.
-    if overlap <= 0:
-        return torch.ones(n)
-    i = torch.arange(n, dtype=torch.float32)
-    return torch.minimum(i + 1, n - i).div(overlap + 1).clamp(max=1.0)
-
-
-def _label_dtype(num_classes: int):
-    return np.uint8 if num_classes <= 256 else np.int32
-
-
-@torch.inference_mode()
-def predict_image(model, image, *, tile: int | None = TILE, overlap: int = OVERLAP, flip: bool = False,
-                  batch_size: int = 1, max_size: int | None = None,
-                  return_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Segments one image of any size.
-
-    Args:
-        model: an ``FCN`` or ``OnnxModel`` (see the module docstring).
-        image: a path, PIL image, ``HxWx3`` array (uint8, uint16 or float in [0, 1]) or ``(3, H, W)`` tensor.
-        tile: images with more than ``tile * tile`` pixels are segmented in overlapping ``tile x tile``
-            windows; None segments every image whole.
-        overlap: pixels shared by neighbouring windows (blended).
-        flip: also segment the mirrored image and average the probabilities.
-        batch_size: windows per forward pass.
-        max_size: segment a copy downscaled to this long side, then bring labels back to full size.
-        return_probs: also return the ``(C, H, W)`` float16 class probabilities.
-
-    Returns:
-        ``(labels, probs)``: ``HxW`` labels (uint8 up to 256 classes; a multilabel model's are ``KxHxW``, 0/1
-        per class) and the probabilities or None.
-    """
-    x = _as_chw(image, getattr(model, "in_channels", 3))
-    h0, w0 = x.shape[-2:]
-    if max_size and max(h0, w0) > max_size:
-        s = max_size / max(h0, w0)
-        size = (max(1, round(h0 * s)), max(1, round(w0 * s)))
-        x = F.interpolate(_float(x)[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-        labels, probs = _tiled(model, x, tile, overlap, flip, batch_size, return_probs=True)
-        up = F.interpolate(torch.from_numpy(probs.astype(np.float32))[None], size=(h0, w0), mode="bilinear",
-                           align_corners=False)[0]
-        return _decide(model, up, 0).numpy().astype(labels.dtype), (up.half().numpy() if return_probs else None)
-    return _tiled(model, x, tile, overlap, flip, batch_size, return_probs)
-
-
-def _tiled(model, x: torch.Tensor, tile: int | None, overlap: int, flip: bool, batch_size: int,
-           return_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    c = model.num_classes
-    _, h, w = x.shape
-    if tile and h * w > tile * tile:
-        th, tw = min(tile, h), min(tile, w)
-    else:
-        th, tw = h, w
-    overlap = max(0, min(overlap, th - 1, tw - 1))
-    ys, xs = _starts(h, th, overlap), _starts(w, tw, overlap)
-    weight = torch.outer(_ramp(th, overlap if len(ys) > 1 else 0), _ramp(tw, overlap if len(xs) > 1 else 0))
-    multilabel = _task(model)[0] == "multilabel"
-    labels = np.empty((c, h, w) if multilabel else (h, w), _label_dtype(c))
-    probs = np.empty((c, h, w), np.float16) if return_probs else None
-    # Running sums over the band of rows the current row of windows covers.
-    acc, wsum = torch.zeros(c, th, w), torch.zeros(th, w)
-    for i, y0 in enumerate(ys):
-        for j in range(0, len(xs), batch_size):
-            cols = xs[j:j + batch_size]
-            batch = torch.stack([_float(x[:, y0:y0 + th, x0:x0 + tw]) for x0 in cols])
-            p = probabilities(model, batch, flip)
-            for k, x0 in enumerate(cols):
-                acc[:, :, x0:x0 + tw] += p[k] * weight
-                wsum[:, x0:x0 + tw] += weight
-        # Rows above the next window row get no more contributions: finish them and slide the band in place
-        # (only the overlap rows move). Dividing by the weights does not change the argmax (nor the binary
-        # decision, a ratio of the two channels), so labels skip it.
-        y1 = ys[i + 1] if i + 1 < len(ys) else h
-        n = y1 - y0
-        labels[..., y0:y1, :] = _decide(model, acc[:, :n] / wsum[:n] if multilabel else acc[:, :n], 0).numpy()
-        if probs is not None:
-            probs[:, y0:y1] = (acc[:, :n] / wsum[:n]).numpy()
-        acc[:, :th - n] = acc[:, n:].clone()
-        acc[:, th - n:] = 0
-        wsum[:th - n] = wsum[n:].clone()
-        wsum[th - n:] = 0
-    return labels, probs
 
 
 @dataclass
@@ -270,10 +106,10 @@ def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None =
         if not pending:
             return
         t = time.perf_counter()
-        batch = torch.stack([_float(_as_chw(a, channels)) for _, a in pending])
+        batch = torch.stack([to_float(to_tensor(a, channels)) for _, a in pending])
         with torch.inference_mode():
             p = probabilities(model, batch, flip)
-        labels = _decide(model, p, 1).numpy().astype(_label_dtype(model.num_classes))
+        labels = decide_labels(model, p, 1).numpy().astype(label_dtype(model.num_classes))
         dt = (time.perf_counter() - t) / len(pending)
         for k, (f, a) in enumerate(pending):
             yield Prediction(f, a, labels[k], p[k].half().numpy() if return_probs else None, dt)

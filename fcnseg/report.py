@@ -19,22 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.palettes import colorize
-from .metrics import ConfusionMatrix, scores
+from .data.palettes import colorize, default_palette
+from .io.atomic import atomic_write
+from .models.inference import forward
 
 THUMB = 320  # longer side of gallery thumbnails, in pixels
 SHOWN = 200  # smaller thumbnails are shown enlarged to this longer side (pixelated), so tiny images stay visible
 IGNORED = (255, 255, 255)  # ignored pixels (255) in the label thumbnails: white, since class 0 is often black
-
-
-def per_image_scores(truth: torch.Tensor, pred: torch.Tensor, num_classes: int) -> dict:
-    """Mean IU and pixel accuracy of one image (classes in neither the truth nor the prediction left out;
-    pixels labelled 255 or outside the classes not counted). NaN when the image has no counted pixel."""
-    cm = ConfusionMatrix(num_classes, device=truth.device)
-    cm.update(truth, pred)
-    s = scores(cm.mat)
-    nan = float("nan")
-    return {k: nan if s[k] is None else s[k] for k in ("mean_iu", "pixel_acc")}
 
 
 def _data_url(im: Image.Image, fmt: str) -> str:
@@ -77,8 +68,6 @@ def worst_images(model, dataset, per_image: list[dict], n: int = 8, device: str 
     Returns:
         One dict per image, worst first: ``name``, ``mean_iu``, ``pixel_acc`` and the ``thumbnails`` data URLs.
     """
-    from .predict import _forward
-
     net = getattr(model, "module", model)
     scored = [r for r in per_image if not math.isnan(r["mean_iu"])]
     worst = sorted(scored, key=lambda r: (r["mean_iu"], r["name"]))[:max(0, n)]
@@ -87,7 +76,7 @@ def worst_images(model, dataset, per_image: list[dict], n: int = 8, device: str 
     out = []
     for r in worst:
         image, labels = dataset[r["index"]]
-        scores = _forward(net, image.unsqueeze(0).to(device))
+        scores = forward(net, image.unsqueeze(0).to(device))
         pred = (net.labels(scores) if hasattr(net, "labels") else scores.argmax(1))[0].cpu().numpy()
         raw, _ = dataset.tensors(r["index"])
         shown = raw.permute(1, 2, 0).numpy()
@@ -183,3 +172,24 @@ def html_report(result: dict, palette, confusion_png: bytes | None = None, galle
         parts.append("</div>")
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def write_html(result: dict, out: str | Path, palette=None, gallery: list[dict] | None = None) -> Path:
+    """Writes ``out/report.html`` (atomically) from ``evaluate``'s result and the ``confusion_matrix.png`` that
+    ``fcnseg.evaluate.write_report`` wrote to ``out`` before; returns the page's path.
+
+    Args:
+        result: ``evaluate``'s result (with ``model``, ``dataset``, ``split`` added by the caller, if known).
+        out: the folder ``write_report`` wrote.
+        palette: a colour per class for the page (default: fcnseg's default palette).
+        gallery: ``worst_images``' list for the page's gallery, or None for none.
+
+    Raises:
+        FileNotFoundError: no ``confusion_matrix.png`` in ``out`` (a multilabel result has none).
+        fcnseg.io.atomic.WriteError: the page could not be written.
+    """
+    out = Path(out)
+    page = html_report(result, palette or default_palette(len(result["class_names"])),
+                       (out / "confusion_matrix.png").read_bytes(), gallery)
+    atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    return out / "report.html"

@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.images import to_float
 from .data.palettes import label_image, overlay
-from .predict import TILE, _float, _label_dtype, class_shares, predict_image, probabilities
+from .models.inference import TILE, label_dtype, predict_image, probabilities
+from .predict import class_shares
 
 VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".ogv"}
 # Encoders tried in order for the overlay video, with their container suffix.
@@ -208,13 +210,13 @@ def _segment(model, frames: Iterator[tuple[int, np.ndarray]], *, batch_size: int
              flip: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """``(index, frame, labels)`` for each ``(index, frame)``: ``batch_size`` frames per forward pass (frames
     larger than ``tile * tile`` pixels one at a time, in windows), probabilities smoothed in frame order."""
-    smoother, dtype = _Smoother(smooth), _label_dtype(model.num_classes)
+    smoother, dtype = _Smoother(smooth), label_dtype(model.num_classes)
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         if not pending:
             return
-        batch = torch.stack([_float(torch.from_numpy(a).permute(2, 0, 1)) for _, a in pending])
+        batch = torch.stack([to_float(torch.from_numpy(a).permute(2, 0, 1)) for _, a in pending])
         with torch.inference_mode():
             p = probabilities(model, batch, flip)
         for k, (i, a) in enumerate(pending):

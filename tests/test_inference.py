@@ -15,7 +15,8 @@ from PIL import Image
 import fcnseg
 from fcnseg.data.images import ImageError, decode_image
 from fcnseg.io.modelfile import save_model
-from fcnseg.predict import _ramp, _starts, predict_image, predict_iter, probabilities, read_image
+from fcnseg.models.inference import _ramp, _starts, predict_image, probabilities
+from fcnseg.predict import predict_iter, read_image
 
 REPO = Path(__file__).resolve().parents[1]
 

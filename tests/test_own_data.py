@@ -291,19 +291,18 @@ def test_wrapper_key_prefixes_are_stripped_with_a_notice(tmp_path, capsys, prefi
 def test_16_bit_pil_image_is_scaled_like_the_file(tmp_path):
     import torch
 
-    from fcnseg.models.fcn import to_tensor
-    from fcnseg.predict import _as_chw
+    from fcnseg.data.images import to_float, to_tensor
 
     ramp = (np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)  # 0..64491
     Image.fromarray(ramp).save(tmp_path / "x16.png")
     with Image.open(tmp_path / "x16.png") as im:
         assert im.mode.startswith("I")
-        from_pil = _as_chw(im)
-        tensor_pil = to_tensor(im)
-    from_path = _as_chw(tmp_path / "x16.png")
+        from_pil = to_tensor(im)
+        tensor_pil = to_float(to_tensor(im))
+    from_path = to_tensor(tmp_path / "x16.png")
     assert torch.equal(from_pil, from_path) and from_pil.max() > 240  # not clipped at 255 (which is all 255)
     assert len(torch.unique(from_pil)) > 200
-    assert torch.allclose(tensor_pil, to_tensor(tmp_path / "x16.png"))
+    assert torch.allclose(tensor_pil, to_float(to_tensor(tmp_path / "x16.png")))
     model = __import__("conftest").cached_model("fcn32s", "efficientnet_lite0", 3)
     with Image.open(tmp_path / "x16.png") as im:
         assert torch.equal(model.predict(im), model.predict(tmp_path / "x16.png"))

@@ -139,7 +139,7 @@ def test_page_models_health_and_schema(server, tiny_file):
 
 def test_predict_json_and_png_match_the_library(server, tiny_file, tmp_path):
     from fcnseg.cli import _load_for_inference
-    from fcnseg.predict import predict_image
+    from fcnseg.models.inference import predict_image
 
     root = make_shapes(tmp_path / "shapes", n=1, size=(96, 128))
     path = root / "images" / "img000.png"

@@ -135,7 +135,7 @@ def test_dynamic_batching_groups_same_sized_images(tiny_file, tmp_path):
     import base64
 
     import fcnseg
-    from fcnseg.predict import predict_image
+    from fcnseg.models.inference import predict_image
 
     log = tmp_path / "server.log"
     proc, url = _start(tiny_file, log, "--queue", "6", "--max-batch", "4", "--max-delay-ms", "1500")

@@ -17,7 +17,7 @@ from conftest import save_shapes_model  # noqa: E402
 
 import fcnseg  # noqa: E402
 from fcnseg.cli import main  # noqa: E402
-from fcnseg.predict import predict_image  # noqa: E402
+from fcnseg.models.inference import predict_image  # noqa: E402
 from fcnseg.video import VideoError, predict_video, read_frames, segment_video, video_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

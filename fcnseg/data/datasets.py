@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image
+from .images import IMAGE_EXTS, MAX_PIXELS, ImageError, check_pixels, decode_image
 from .masks import Mapping, MaskValueError, from_levels, from_threshold, infer_mapping
 from .palettes import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, default_palette, voc_palette
 
@@ -314,9 +314,7 @@ def _read_raw_mask(path: Path, fmt: str) -> np.ndarray:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked just below
         im = Image.open(path)
     with im:
-        w, h = im.size
-        if w * h > MAX_PIXELS:  # checked from the header, before decoding (decompression bombs)
-            raise ValueError(f"{w}x{h} is more than the limit of {MAX_PIXELS / 1e6:.0f} Mpixel")
+        check_pixels(*im.size, MAX_PIXELS)  # the caller names the file
         if fmt == "rgb":
             return np.array(im.convert("RGB"))
         if im.mode in ("RGB", "RGBA"):

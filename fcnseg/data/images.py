@@ -1,8 +1,9 @@
-"""Decoding image files into ``HxWx3`` uint8 RGB arrays, whatever their mode, with a decompression-bomb guard.
+"""Decoding image files into ``HxWx3`` uint8 RGB arrays, whatever their mode, with a decompression-bomb guard;
+and images of any kind (file, PIL image, array, tensor) as the ``(C, H, W)`` tensors models take.
 
 Grey, palette, RGBA, CMYK and YCbCr images go through Pillow's conversions; 16- and 32-bit grey images
 are scaled to 8 bits by their type's range instead of being clipped (Pillow's own ``convert`` clips).
-The pixel count is checked from the header, before any pixel is decoded.
+The pixel count is checked from the header, before any pixel is decoded (``check_pixels``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -54,10 +56,7 @@ def decode_image(path: str | os.PathLike | BinaryIO, max_pixels: int | None = MA
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(source)
         with im:
-            w, h = im.size
-            if max_pixels and w * h > max_pixels:
-                raise ImageError(f"{path}: {w}x{h} is {w * h / 1e6:.0f} Mpixel, more than the limit of "
-                                 f"{max_pixels / 1e6:.0f} Mpixel (a decompression bomb?)")
+            check_pixels(*im.size, max_pixels, path)
             im.load()
             if exif:
                 im = ImageOps.exif_transpose(im)
@@ -72,6 +71,20 @@ def decode_image(path: str | os.PathLike | BinaryIO, max_pixels: int | None = MA
         if empty:
             raise ImageError(f"{path}: empty file (0 bytes)") from None
         raise ImageError(f"{path}: cannot read image ({e})") from None
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None, name: str | os.PathLike | None = None) -> None:
+    """The decompression-bomb guard: refuses an image of more than ``max_pixels`` pixels (None: no limit), from
+    the size in its header, before any pixel is decoded.
+
+    Raises:
+        ImageError: ``width * height > max_pixels``; names ``name`` (when given: callers that name the file
+            themselves leave it out) and both figures in Mpixel.
+    """
+    if max_pixels and width * height > max_pixels:
+        where = "" if name is None else f"{name}: "
+        raise ImageError(f"{where}{width}x{height} is {width * height / 1e6:.0f} Mpixel, more than the limit of "
+                         f"{max_pixels / 1e6:.0f} Mpixel (a decompression bomb?)")
 
 
 def pil_to_rgb(im: Image.Image) -> np.ndarray:
@@ -117,3 +130,56 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         # RGBA/LA/PA lose alpha (the colour under it is kept), CMYK and YCbCr are converted, grey repeated.
         im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA") else im.convert("RGB")
     return np.array(im)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """An image tensor as float32 in [0, 1]: uint8 (0..255) is divided by 255, float is kept as it is (a copy
+    only where the dtype changes). Any shape."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def to_tensor(image, channels: int = 3, max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
+    """An image as a ``(channels, H, W)`` tensor: uint8 (0..255) from 8- and 16-bit sources (16-bit is scaled by
+    its range, not clipped), float32 in [0, 1] from float arrays and tensors; ``to_float`` makes either float.
+
+    Args:
+        image: a path (read by ``decode_image``: upright per EXIF, any mode), a PIL image (the same conversions,
+            no EXIF turn), an ``HxWxC`` or ``HxW`` array (uint8, uint16, or float in [0, 1]) or a
+            ``(channels, H, W)`` tensor (uint8, other integers read as 0..255, or float in [0, 1]).
+        channels: 3 (RGB: grey arrays are repeated, a 4th band, alpha, dropped), 1 or 4; other than 3, an array
+            must have exactly ``channels`` bands (a 2-D array is one band).
+        max_pixels: the ``check_pixels`` limit for files (None: none).
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ImageError: a file that cannot be read (names it), or too large.
+        ValueError: an array or tensor of the wrong shape.
+        TypeError: anything else.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        image = decode_image(image, max_pixels=max_pixels, exif=True, channels=channels)
+    if isinstance(image, Image.Image):
+        image = pil_to_array(image, channels)  # the file rules: 16-bit grey is scaled, not clipped at 255
+    if isinstance(image, np.ndarray):
+        return _array_to_tensor(image, channels)
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != channels:
+            raise ValueError(f"expected a ({channels}, H, W) image tensor; got shape {tuple(image.shape)}")
+        return image if image.dtype == torch.uint8 or image.is_floating_point() else image.float() / 255.0
+    raise TypeError(f"cannot read an image from {type(image).__name__}")
+
+
+def _array_to_tensor(image: np.ndarray, channels: int) -> torch.Tensor:
+    if image.ndim == 2:
+        image = image[:, :, None] if channels == 1 else np.repeat(image[:, :, None], 3, axis=2)
+    if channels != 3:
+        if image.ndim != 3 or image.shape[2] != channels:
+            raise ValueError(f"expected an HxWx{channels} image array; got shape {image.shape}")
+    elif image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"expected an HxWx3 image array; got shape {image.shape}")
+    image = image[:, :, :3] if channels == 3 else image
+    if image.dtype == np.uint16:
+        image = (image.astype(np.float32) / 65535.0 * 255.0).round().astype(np.uint8)
+    if image.dtype != np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)

@@ -9,8 +9,6 @@ the trunk's layer geometry; with VGG16 and the paper's padding they come out as 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,8 +16,9 @@ from torch import nn
 
 from ..data.palettes import default_palette
 from ..preprocessing import Normalize, Preprocessing
-from ..tasks import check_task, labels_from_scores, output_channels
+from ..tasks import check_task, decide, labels_from_scores, output_channels
 from .geometry import Affine, nominal
+from .inference import predict_image, probabilities
 from .trunks import STRIDES, build_trunk
 from .upsample import BilinearUpsample
 
@@ -180,22 +179,18 @@ class FCN(nn.Module):
                 tensor (uint8, or float in [0, 1]), or with ``batch=True`` an ``(N, 3, H, W)`` float tensor.
                 Grey, RGBA, CMYK and 16-bit files are converted to RGB; photos are turned upright per EXIF.
             batch: whether ``image`` is a batch tensor (segmented in one pass, whole).
-            kwargs: for single images, options of ``fcnseg.predict.predict_image``: ``tile`` (window size for
+            kwargs: for single images, options of ``fcnseg.models.inference.predict_image``: ``tile`` (window size for
                 large images), ``overlap``, ``flip`` (test-time augmentation), ``max_size``, ``batch_size``.
 
         Returns:
             ``(H, W)`` int64 labels (``(N, H, W)`` for a batch), on the CPU: class indices, 0/1 for a binary
             model; a multilabel model gives ``(K, H, W)`` (``(N, K, H, W)``) 0/1 per class.
         """
-        from ..predict import predict_image, probabilities
-
         was_training = self.training
         self.eval()
         try:
             if batch:
                 with torch.inference_mode():
-                    from ..tasks import decide
-
                     return decide(probabilities(self, image, flip=kwargs.get("flip", False)), self.task,
                                   self.threshold)
             return torch.from_numpy(predict_image(self, image, **kwargs)[0].astype(np.int64))
@@ -283,30 +278,6 @@ def _check_input(x: torch.Tensor, channels: int = 3) -> None:
         raise TypeError(f"expected a float tensor with values in [0, 1]; got dtype {x.dtype}")
 
 
-def to_tensor(image) -> torch.Tensor:
-    """A ``(3, H, W)`` float32 tensor in [0, 1] from a path, PIL image, uint8 array or tensor."""
-    from PIL import Image
-
-    from ..data.images import decode_image, pil_to_rgb
-
-    if isinstance(image, (str, Path)):
-        image = decode_image(image, max_pixels=None)  # upright per EXIF; 16-bit grey scaled, not clipped
-    if isinstance(image, Image.Image):
-        image = pil_to_rgb(image)
-    if isinstance(image, np.ndarray):
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] not in (3, 4):
-            raise ValueError(f"expected an HxWx3 image array; got shape {image.shape}")
-        scale = 65535.0 if image.dtype == np.uint16 else 255.0 if image.dtype == np.uint8 else 1.0
-        return torch.from_numpy(np.array(image[:, :, :3])).permute(2, 0, 1).float() / scale  # a writable copy
-    if isinstance(image, torch.Tensor):
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"expected a (3, H, W) image tensor; got shape {tuple(image.shape)}")
-        return image.float() if image.is_floating_point() else image.float() / 255.0
-    raise TypeError(f"cannot read an image from {type(image).__name__}")
-
-
 def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=None, *,
                 padding: str | None = None, upsampling: str = "paper",
                 class_names: list[str] | None = None, alignment: str = "exact", task: str = "multiclass",
@@ -384,4 +355,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ARCHS", "FCN", "build_model", "staged_init", "count_parameters", "to_tensor"]
+__all__ = ["ARCHS", "FCN", "build_model", "staged_init", "count_parameters"]

@@ -53,7 +53,8 @@ from pydantic import BaseModel, Field
 
 from ..data.images import ImageError, decode_image
 from ..data.palettes import label_image
-from ..predict import class_shares, predict_image, probabilities
+from ..models.inference import predict_image, probabilities
+from ..predict import class_shares
 from .batching import Batcher
 from .metrics import MetricsMiddleware, ServeMetrics
 

@@ -21,8 +21,14 @@ import torch
 from fastapi import HTTPException
 
 from ..data.images import ImageError, decode_image
+
+# Aliased to the old private names so the call sites stay as they are until serve is split (integrator: rename).
+from ..data.images import to_float as _float
+from ..data.images import to_tensor as _as_chw
 from ..data.palettes import label_image
-from ..predict import TILE, _as_chw, _float, _label_dtype, class_shares, predict_image, probabilities
+from ..models.inference import TILE, predict_image, probabilities
+from ..models.inference import label_dtype as _label_dtype
+from ..predict import class_shares
 
 
 def decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
