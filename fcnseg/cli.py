@@ -9,6 +9,8 @@ import time
 import traceback
 from pathlib import Path
 
+from .pretrained import DEFAULT_MODEL
+
 
 def _cmd_models(args: argparse.Namespace) -> int:
     """Lists every (arch, backbone) with its parameter count and, with --time, a forward pass time."""
@@ -279,7 +281,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_upload_bytes=round(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                     workers=args.workers, queue=args.queue, max_batch=args.max_batch,
                     max_delay_ms=args.max_delay_ms)
-    serve(args.model or ["camvid-fcn8s-lite0"], host=args.host, port=args.port, limits=limits, device=args.device,
+    serve(args.model or [DEFAULT_MODEL], host=args.host, port=args.port, limits=limits, device=args.device,
           threads=args.threads, log_level=args.log_level, drain_timeout=args.drain_timeout)
     return 0
 
@@ -368,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("predict", help="segment images: label PNGs, overlays, probabilities, class shares")
     r.add_argument("inputs", nargs="*", help="image files, folders of images, glob patterns, or video files "
                    "(.mp4 .mkv .avi .webm .mov ...: writes NAME_overlay.mp4 and NAME_frames.csv)")
-    r.add_argument("--model", default="camvid-fcn8s-lite0",
+    r.add_argument("--model", default=DEFAULT_MODEL,
                    help="a pretrained name, a .safetensors file, a Hub-style folder, hf://ORG/NAME[@REV], or an "
                         ".onnx file from fcnseg export")
     r.add_argument("--backend", choices=("torch", "onnxruntime"),
@@ -406,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_predict)
 
     x = sub.add_parser("export", help="export a model to ONNX (dynamic batch, height, width) or TorchScript")
-    x.add_argument("--model", default="camvid-fcn8s-lite0", help="a pretrained name or a .safetensors file")
+    x.add_argument("--model", default=DEFAULT_MODEL, help="a pretrained name or a .safetensors file")
     x.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
     x.add_argument("--out", help="output file (default: MODEL.onnx or MODEL.pt here)")
     x.add_argument("--no-verify", action="store_true", help="skip comparing outputs with PyTorch on 4 sizes")
@@ -414,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="a local web app and JSON/PNG API: drop images, see the overlay and shares")
     s.add_argument("--model", action="append", help="a pretrained name, a .safetensors or an .onnx file "
-                   "(repeatable; the first is the default; default: camvid-fcn8s-lite0)")
+                   f"(repeatable; the first is the default; default: {DEFAULT_MODEL})")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback: this machine only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (413 beyond)")

@@ -27,6 +27,7 @@ from .models.surgery import linear_to_conv
 from .models.weights import load_backbone_weights, read_state_dict
 from .predict import _save_image
 from .preprocessing import Normalize
+from .pretrained import DEFAULT_MODEL
 
 
 def dense_classifier(backbone: str = "efficientnet_lite0") -> torch.nn.Module:
@@ -57,7 +58,7 @@ def _palette(n: int) -> np.ndarray:
 DEMO_IMAGES = Path(__file__).resolve().parent / "demo_images"
 
 
-def run_demo(out: str, threads: int = 2, classifier: bool = False, model: str = "camvid-fcn8s-lite0") -> int:
+def run_demo(out: str, threads: int = 2, classifier: bool = False, model: str = DEFAULT_MODEL) -> int:
     """Runs the segmentation demo (or with ``classifier`` the convolutionalized classifier demo)."""
     if classifier:
         return run_classifier_demo(out, threads)

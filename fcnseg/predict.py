@@ -29,8 +29,6 @@ from .data.palettes import label_image, overlay
 from .io.atomic import atomic_write
 from .models.inference import OVERLAP, TILE, decide_labels, label_dtype, predict_image, probabilities
 
-DEFAULT_MODEL = "camvid-fcn8s-lite0"
-
 
 def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
     """Files named, image files directly inside named folders, and matches of glob patterns (``"*.jpg"``,

@@ -1,31 +1,85 @@
-"""Named pretrained FCNs shipped with fcnseg, and ``load`` for names and files alike."""
+"""Named pretrained FCNs shipped with fcnseg, and ``load`` for names and files alike.
+
+Each entry is a ``PretrainedModel`` (like torchvision's ``Weights`` and timm's ``PretrainedCfg``): its file, model
+card, recipe, validation scores and a summary of its ``ModelSpec``. The file itself carries the full spec.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-import torch
-
-from .io.modelfile import load_model
+if TYPE_CHECKING:
+    import torch
 
 HERE = Path(__file__).resolve().parent / "weights"
+# What ``fcnseg predict``, ``export``, ``serve`` and the demo use when no model is named.
+DEFAULT_MODEL = "camvid-fcn8s-lite0"
 
-# name -> file under fcnseg/weights/ (the model card sits beside it as NAME.md).
-PRETRAINED: dict[str, str] = {
-    "camvid-fcn8s-lite0": "camvid-fcn8s-lite0.safetensors",
-}
+
+@dataclass(frozen=True)
+class PretrainedModel:
+    """One shipped model.
+
+    Attributes:
+        name: what ``fcnseg.load`` and ``--model`` take.
+        file: the ``.safetensors`` file under ``fcnseg/weights/``.
+        card: its model card (Markdown) under ``fcnseg/weights/``: data, licence, recipe, scores.
+        recipe: the command that trained it.
+        metrics: validation scores in [0, 1] as the card states them (``dataset`` names the split evaluated).
+        spec: a summary of the file's ``ModelSpec``: arch, backbone, num_classes, task, alignment.
+    """
+
+    name: str
+    file: str
+    card: str
+    recipe: str
+    metrics: Mapping = field(default_factory=dict)
+    spec: Mapping = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return HERE / self.file
+
+    @property
+    def card_path(self) -> Path:
+        return HERE / self.card
+
+    def available(self) -> bool:
+        """Whether this installation holds the weights file."""
+        return self.path.is_file()
+
+
+PRETRAINED: Mapping[str, PretrainedModel] = MappingProxyType({m.name: m for m in (
+    PretrainedModel(
+        "camvid-fcn8s-lite0", "camvid-fcn8s-lite0.safetensors", "camvid-fcn8s-lite0.md",
+        recipe="fcnseg train --config configs/camvid-fcn8s-lite0.yaml",
+        metrics=MappingProxyType({"dataset": "camvid:val", "pixel_acc": 0.925, "mean_acc": 0.844, "mean_iu": 0.712,
+                                  "fw_iu": 0.871}),
+        spec=MappingProxyType({"arch": "fcn8s", "backbone": "efficientnet_lite0", "num_classes": 11,
+                               "task": "multiclass", "alignment": "legacy"})),
+)})
 
 
 def available() -> list[str]:
-    return [name for name, f in PRETRAINED.items() if (HERE / f).is_file()]
+    """Names of the pretrained models whose weights this installation holds."""
+    return [name for name, m in PRETRAINED.items() if m.available()]
 
 
 def model_file(name_or_path: str | os.PathLike) -> Path:
-    """The ``.safetensors`` file of a pretrained name, or the path given; errors say what is missing."""
+    """The ``.safetensors`` file of a pretrained name, or the path given.
+
+    Raises:
+        FileNotFoundError: a name whose weights are missing from this installation, or a path that does not exist
+            and is no pretrained name (the known names are listed).
+    """
     key = str(name_or_path)
     if key in PRETRAINED:
-        path = HERE / PRETRAINED[key]
+        path = PRETRAINED[key].path
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the weights of {key} are missing from this installation")
         return path
@@ -40,13 +94,18 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
     """A ready-to-use FCN (eval mode) with its class names, palette and preprocessing.
 
     Args:
-        name_or_path: a name from ``PRETRAINED`` (e.g. "camvid-fcn8s-lite0"), a ``.safetensors`` file
+        name_or_path: a name from ``PRETRAINED`` (e.g. ``DEFAULT_MODEL``), a ``.safetensors`` file
             written by ``fcnseg.io.modelfile.save_model`` (``fcnseg train`` writes ``best.safetensors``), a
             Hub-style folder written by ``fcnseg.save_pretrained``, or ``hf://ORG/NAME[@REVISION]`` (through
             the Hugging Face cache; see ``fcnseg.hub``).
         device: where to put it.
+
+    Raises:
+        FileNotFoundError: see ``model_file``.
+        ValueError: a file that is not an fcnseg model (named).
     """
     from . import hub
+    from .io.modelfile import load_model
 
     if str(name_or_path).startswith(hub.HF_PREFIX):
         return hub.load_hub(str(name_or_path), device)

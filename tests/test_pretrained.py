@@ -12,7 +12,7 @@ import pytest
 import fcnseg
 from fcnseg.data import CAMVID_CLASSES, CAMVID_PALETTE, build_dataset, eval_transforms
 from fcnseg.evaluate import evaluate
-from fcnseg.pretrained import HERE, PRETRAINED
+from fcnseg.pretrained import DEFAULT_MODEL, HERE, PRETRAINED, available
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "camvid-fcn8s-lite0"
@@ -24,15 +24,23 @@ def model():
 
 
 def test_shipped_file_is_small_safetensors_with_a_model_card():
-    path = HERE / PRETRAINED[NAME]
+    assert DEFAULT_MODEL == NAME  # what predict, export, serve and the demo use unless told
+    entry = PRETRAINED[NAME]
+    path = entry.path
+    assert path == HERE / entry.file and entry.available() and NAME in available()
     assert path.suffix == ".safetensors" and path.stat().st_size <= 25 * 1024 * 1024
-    card = (HERE / f"{NAME}.md").read_text()
+    card = entry.card_path.read_text()
+    assert entry.recipe in card
+    # The entry's scores are the card's (rounded to 0.1 point there).
+    for key, label in (("pixel_acc", "pixel accuracy"), ("mean_iu", "mean IU"), ("fw_iu", "frequency-weighted IU")):
+        assert f"| {label} | {100 * entry.metrics[key]:.1f} |" in card
     for needed in ("CC BY-NC 4.0", "fcnseg train --config configs/camvid-fcn8s-lite0.yaml", "mean IU",
                    "fcnseg evaluate --model camvid-fcn8s-lite0"):
         assert needed in card
 
 
 def test_it_carries_classes_palette_and_preprocessing(model):
+    assert {k: v for k, v in model.spec.to_dict().items() if k in PRETRAINED[NAME].spec} == dict(PRETRAINED[NAME].spec)
     assert model.arch == "fcn8s" and model.backbone == "efficientnet_lite0" and not model.training
     assert model.class_names == CAMVID_CLASSES
     assert [tuple(c) for c in model.palette] == CAMVID_PALETTE
