@@ -23,6 +23,7 @@ from .data.palettes import default_palette
 from .io.atomic import atomic_write
 from .io.modelfile import FORMAT
 from .models.fcn import FCN, _check_input
+from .models.spec import ModelSpec
 
 FORMATS = ("onnx", "torchscript")
 # Sizes used for tracing: odd and unequal, so no size is mistaken for a constant of the graph.
@@ -31,7 +32,7 @@ VERIFY_SIZES = ((97, 131), (224, 288), (360, 480), (33, 500))
 
 
 def _metadata(model: FCN) -> str:
-    return json.dumps({"format": FORMAT, "model": model.config(), "info": getattr(model, "info", {})})
+    return json.dumps({"format": FORMAT, "model": model.spec.to_dict(), "info": getattr(model, "info", {})})
 
 
 def _traceable(model: FCN) -> FCN:
@@ -129,13 +130,14 @@ class OnnxModel:
         except Exception as e:  # ONNX Runtime raises its own exception types for bad files
             raise ValueError(f"{self.path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map.get("fcnseg")
-        cfg = json.loads(meta)["model"] if meta else {}
-        self.num_classes = int(cfg.get("num_classes") or self.session.get_outputs()[0].shape[1])
-        self.class_names = cfg.get("class_names") or [str(i) for i in range(self.num_classes)]
-        self.palette = [tuple(c) for c in cfg["palette"]] if cfg.get("palette") else default_palette(self.num_classes)
-        self.arch, self.backbone = cfg.get("arch"), cfg.get("backbone")
-        self.task, self.threshold = cfg.get("task", "multiclass"), float(cfg.get("threshold", 0.5))
-        self.in_channels = int(cfg.get("in_channels", 3))
+        # A file without fcnseg metadata: only the class count is known, from the output's channels.
+        spec = (ModelSpec.from_dict(json.loads(meta)["model"]) if meta
+                else ModelSpec(None, None, int(self.session.get_outputs()[0].shape[1])))
+        self.num_classes = spec.num_classes
+        self.class_names = list(spec.class_names or (str(i) for i in range(self.num_classes)))
+        self.palette = [tuple(c) for c in spec.palette] if spec.palette else default_palette(self.num_classes)
+        self.arch, self.backbone = spec.arch, spec.backbone
+        self.task, self.threshold, self.in_channels = spec.task, spec.threshold, spec.in_channels
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

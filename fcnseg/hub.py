@@ -2,9 +2,9 @@
 
 A folder written by ``save_pretrained`` is what ``fcnseg.load(FOLDER)`` reads and what ``fcnseg push`` uploads:
 
-- ``config.json``: ``{"format": "fcnseg-hub-1", "library_name": "fcnseg", "model": model.config(), "info": {...}}``;
-  ``model`` is the spec ``fcnseg.io.modelfile.load_model`` rebuilds from (arch, backbone, classes, palette,
-  preprocessing, ...).
+- ``config.json``: ``{"format": "fcnseg-hub-1", "library_name": "fcnseg", "model": SPEC, "info": {...}}``;
+  ``SPEC`` is ``model.spec.to_dict()``, the ``ModelSpec`` (``fcnseg.models.spec``) that
+  ``fcnseg.io.modelfile.load_model`` rebuilds from (arch, backbone, classes, palette, preprocessing, ...).
 - ``model.safetensors``: the weights, written by ``fcnseg.io.modelfile.save_model`` (so it also loads on its own).
 - ``README.md``: a model card (Hub metadata, classes and colours, preprocessing, metrics, a usage snippet).
 
@@ -48,7 +48,7 @@ def save_pretrained(model, folder: str | os.PathLike, **info) -> Path:
     folder = Path(folder)
     info = {**(getattr(model, "info", None) or {}), **info}
     save_model(model, folder / WEIGHTS, **info)
-    config = {"format": HUB_FORMAT, "library_name": "fcnseg", "model": model.config(), "info": info}
+    config = {"format": HUB_FORMAT, "library_name": "fcnseg", "model": model.spec.to_dict(), "info": info}
     text = json.dumps(config, indent=1, default=str) + "\n"
     atomic_write(folder / CONFIG, lambda tmp: Path(tmp).write_text(text))
     card = model_card(config, name=folder.resolve().name)

@@ -36,7 +36,7 @@ from .data import MultilabelDataset, build_dataset, eval_transforms, pad_collate
 from .data.transforms import seeded
 from .evaluate import evaluate, format_table, write_report
 from .io.atomic import WriteError, atomic_write, stale_temp_files
-from .io.checkpoint import load_checkpoint, save_checkpoint
+from .io.checkpoint import checkpoint_spec, load_checkpoint, save_checkpoint
 from .io.modelfile import load_model, save_model
 from .losses import TASKS, build_loss, parse_loss, segmentation_loss
 from .models import build_model, staged_init
@@ -453,11 +453,7 @@ def build(cfg: TrainConfig, class_names: list[str], palette) -> torch.nn.Module:
             coarse = load_model(src)
         else:
             state = load_checkpoint(src)
-            c = state["config"]
-            coarse = build_model(c["arch"], c["backbone"], n, padding=c["padding"], upsampling=c["upsampling"],
-                                 class_names=class_names, task=c.get("task", "multiclass"),
-                                 threshold=c.get("threshold", 0.5), in_channels=c.get("in_channels", 3))
-            coarse.normalize.set(_preprocessing_of(state))
+            coarse = checkpoint_spec(state, class_names).build()
             coarse.load_state_dict(state["model"])
         if coarse.num_classes != n:
             raise ValueError(f"{src}: model scores {coarse.num_classes} classes, the dataset has {n}")

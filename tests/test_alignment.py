@@ -153,7 +153,7 @@ def test_legacy_models_see_inputs_padded_to_a_multiple_of_32():
     legacy = fcnseg.build_model("fcn8s", "efficientnet_lite0", 3, alignment="legacy").eval()
     for conv in legacy.score_layers():
         nn.init.normal_(conv.weight, std=0.5)
-    assert legacy.trunk.padding == "tf" and legacy.config()["alignment"] == "legacy"
+    assert legacy.trunk.padding == "tf" and legacy.spec.alignment == "legacy"
     x = torch.rand(1, 3, 100, 75)
     padded = F.pad(x, (10, 11, 14, 14), mode="replicate")  # evenly to 128 x 96
     with torch.inference_mode():

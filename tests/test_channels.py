@@ -101,7 +101,7 @@ def test_grey_model_trains_saves_exports_and_predicts(tmp_path):
     train(cfg)
     model = load_model(tmp_path / "run" / "model.safetensors")
     assert model.in_channels == 1 and model.trunk.conv_stem.weight.shape[1] == 1
-    assert model.preprocessing == adapt_preprocessing(TF_LITE, 1) and model.config()["in_channels"] == 1
+    assert model.preprocessing == adapt_preprocessing(TF_LITE, 1) and model.spec.in_channels == 1
     save_model(model, tmp_path / "again.safetensors")
     x = torch.rand(1, 1, 48, 64)
     with torch.no_grad():

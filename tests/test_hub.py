@@ -45,12 +45,12 @@ def _scores(model) -> torch.Tensor:
 def test_round_trip_gives_identical_outputs_and_a_model_card(tiny, folder):
     assert sorted(p.name for p in folder.iterdir()) == sorted(HUB_FILES)
     config = json.loads((folder / "config.json").read_text())
-    assert config["format"] == "fcnseg-hub-1" and config["model"] == json.loads(json.dumps(tiny.config()))
+    assert config["format"] == "fcnseg-hub-1" and config["model"] == json.loads(json.dumps(tiny.spec.to_dict()))
     assert config["info"]["val"]["mean_iu"] == 0.7
     back = fcnseg.load(folder)
     assert torch.equal(_scores(back), _scores(tiny))
     assert back.class_names == tiny.class_names and back.palette == tiny.palette
-    assert back.config() == tiny.config() and back.info["epoch"] == 3
+    assert back.spec == tiny.spec and back.info["epoch"] == 3
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: fcnseg\n")
     colours = ["#{:02x}{:02x}{:02x}".format(*c) for c in tiny.palette]

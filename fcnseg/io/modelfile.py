@@ -13,8 +13,9 @@ from torch import nn
 
 from ..data.palettes import VOC_CLASSES, voc_palette
 from ..models.fcn import FCN, build_model
+from ..models.spec import ModelSpec
 from ..models.weights import read_state_dict, strip_wrapper_prefix
-from ..preprocessing import CAFFE_BGR, Preprocessing
+from ..preprocessing import CAFFE_BGR
 from .atomic import atomic_write
 
 FORMAT = "fcnseg-model-1"
@@ -31,7 +32,7 @@ def save_model(model: FCN, path: str | os.PathLike, **info) -> Path:
     from safetensors.torch import save
 
     model = getattr(model, "module", model)
-    meta = {"format": FORMAT, "model": model.config(), "info": info}
+    meta = {"format": FORMAT, "model": model.spec.to_dict(), "info": info}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # Serialised in memory and written by Python: safetensors' own file writer reports a full disk as an
     # opaque SafetensorError, Python's as OSError(ENOSPC).
@@ -66,16 +67,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
     meta = read_model_metadata(path)
     cfg = meta["model"]
     # Files without an alignment entry were written by fcnseg 0.1, whose head was built for nominal geometry.
-    model = build_model(cfg["arch"], cfg["backbone"], int(cfg["num_classes"]), padding=cfg.get("padding"),
-                        upsampling=cfg.get("upsampling", "paper"), class_names=cfg.get("class_names"),
-                        alignment=cfg.get("alignment", "legacy"), task=cfg.get("task", "multiclass"),
-                        threshold=float(cfg.get("threshold", 0.5)), in_channels=int(cfg.get("in_channels", 3)))
-    pre = Preprocessing.from_dict(cfg["preprocessing"])
-    if len(pre.mean) != model.in_channels:
-        raise ValueError(f"{path}: preprocessing has {len(pre.mean)} channels, the model reads {model.in_channels}")
-    model.normalize.set(pre)
-    if cfg.get("palette"):
-        model.palette = [tuple(c) for c in cfg["palette"]]
+    spec = ModelSpec.from_dict(cfg, alignment="legacy")
+    if spec.preprocessing is None:
+        raise ValueError(f"{path}: the model metadata has no preprocessing")
+    try:
+        model = spec.build()
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     try:
         model.load_state_dict(strip_wrapper_prefix(load_file(str(path)), path), strict=True)
     except RuntimeError as e:

@@ -19,6 +19,7 @@ from ..preprocessing import Normalize, Preprocessing
 from ..tasks import check_task, decide, labels_from_scores, output_channels
 from .geometry import Affine, nominal
 from .inference import predict_image, probabilities
+from .spec import BUILDERS, ModelSpec
 from .trunks import STRIDES, build_trunk
 from .upsample import BilinearUpsample
 
@@ -124,14 +125,13 @@ class FCN(nn.Module):
     def backbone(self) -> str | None:
         return getattr(self.trunk, "backbone", None)
 
-    def config(self) -> dict:
-        """What it takes to rebuild this model (without weights): stored with saved models."""
-        return {"arch": self.arch, "backbone": self.backbone, "num_classes": self.num_classes,
-                "padding": self.trunk.padding, "upsampling": self.upsampling, "alignment": self.alignment,
-                "class_names": self.class_names,
-                "palette": [list(map(int, c)) for c in self.palette],
-                "preprocessing": self.preprocessing.to_dict(), "task": self.task, "threshold": self.threshold,
-                "in_channels": self.in_channels}
+    @property
+    def spec(self) -> ModelSpec:
+        """What it takes to rebuild this model without its weights (stored with saved and exported models)."""
+        return ModelSpec(self.arch, self.backbone, self.num_classes, tuple(self.class_names),
+                         tuple(tuple(int(v) for v in c) for c in self.palette), self.preprocessing,
+                         self.trunk.padding, self.upsampling, self.alignment, self.task, self.threshold,
+                         self.in_channels)
 
     def score_layers(self) -> list[nn.Conv2d]:
         return [self.score_fr] + [getattr(self, SKIP_NAMES[s][0]) for s in self.skips]
@@ -354,5 +354,7 @@ def staged_init(coarse: FCN, arch: str | None = None) -> FCN:
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
+
+BUILDERS["fcn"] = build_model  # ModelSpec.build
 
 __all__ = ["ARCHS", "FCN", "build_model", "staged_init", "count_parameters"]
