@@ -4,6 +4,7 @@ from .hub import save_pretrained
 from .models import ARCHS, BACKBONES, FCN, build_model, convolutionalize, staged_init
 from .preprocessing import Preprocessing
 from .pretrained import load
+from .version import __version__
 
 
 def predict_video(model, path, **kw):
@@ -14,6 +15,5 @@ def predict_video(model, path, **kw):
     return run(model, path, **kw)
 
 
-__version__ = "0.2.0"
-__all__ = ["ARCHS", "BACKBONES", "FCN", "Preprocessing", "build_model", "convolutionalize", "load", "predict_video",
-           "save_pretrained", "staged_init"]
+__all__ = ["ARCHS", "BACKBONES", "FCN", "Preprocessing", "__version__", "build_model", "convolutionalize", "load",
+           "predict_video", "save_pretrained", "staged_init"]

@@ -160,9 +160,9 @@ def onnx_for(name_or_path: str | os.PathLike, threads: int | None = None) -> Onn
     """An ONNX Runtime twin of a pretrained or saved model, exported once and cached under
     ``~/.cache/fcnseg/onnx`` (``$FCNSEG_CACHE`` overrides), keyed by the model file's bytes and the versions of
     torch and fcnseg. Once cached, the PyTorch model is not even built (less memory, faster start)."""
-    from . import __version__
     from .hub import CONFIG, HF_PREFIX, WEIGHTS, download, read_config
     from .pretrained import load, model_file
+    from .version import __version__
 
     if str(name_or_path).startswith(HF_PREFIX):  # a Hub model: its snapshot folder in the Hugging Face cache
         name_or_path = download(str(name_or_path))

@@ -138,8 +138,8 @@ def test_page_models_health_and_schema(server, tiny_file):
 
 
 def test_predict_json_and_png_match_the_library(server, tiny_file, tmp_path):
-    from fcnseg.cli import _load_for_inference
     from fcnseg.models.inference import predict_image
+    from fcnseg.predict import load_for_inference
 
     root = make_shapes(tmp_path / "shapes", n=1, size=(96, 128))
     path = root / "images" / "img000.png"
@@ -152,7 +152,7 @@ def test_predict_json_and_png_match_the_library(server, tiny_file, tmp_path):
     with Image.open(io.BytesIO(base64.b64decode(body["labels_png"]))) as im:
         assert im.mode == "P" and im.size == (128, 96)
         labels = np.array(im)
-    model = _load_for_inference(str(tiny_file), "torch", "cpu")  # loaded as the server loads it
+    model = load_for_inference(str(tiny_file), "torch", "cpu")  # loaded as the server loads it
     expected, _ = predict_image(model, np.array(Image.open(path).convert("RGB")))
     assert np.array_equal(labels, expected) and len(np.unique(labels)) >= 2
     shares = {s["name"]: s["share"] for s in body["shares"]}

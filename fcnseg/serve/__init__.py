@@ -353,7 +353,7 @@ def load_models(specs: list[str], device: str = "auto") -> dict[str, object]:
     Returns:
         ``{name: model}`` in order; a file's name is ``model_name(file)`` (with -2, -3 ... when two share one).
     """
-    from ..cli import _load_for_inference
+    from ..predict import load_for_inference as _load_for_inference  # integrator: drop the alias
 
     models: dict[str, object] = {}
     for spec in specs:
