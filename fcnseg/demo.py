@@ -24,7 +24,7 @@ from .data.images import to_float, to_tensor
 from .data.palettes import colorize, imagenet_categories
 from .models import build_model, build_trunk, count_parameters
 from .models.surgery import linear_to_conv
-from .models.weights import load_backbone_weights, read_state_dict
+from .models.weights import get_weights, load_backbone_weights, read_state_dict
 from .predict import _save_image
 from .preprocessing import Normalize
 from .pretrained import DEFAULT_MODEL
@@ -33,8 +33,8 @@ from .pretrained import DEFAULT_MODEL
 def dense_classifier(backbone: str = "efficientnet_lite0") -> torch.nn.Module:
     """The ImageNet classifier of ``backbone`` as a fully convolutional net: image -> 1000 x H/32 x W/32."""
     trunk = build_trunk(backbone)
-    weights = load_backbone_weights(trunk, backbone, "imagenet")
-    sd = read_state_dict(weights.file())
+    load_backbone_weights(trunk, backbone, "imagenet")
+    sd = read_state_dict(get_weights(backbone, "imagenet").file())  # the classifier layer the trunk leaves out
     fc = torch.nn.Linear(1280, 1000)
     key = "_fc" if "_fc.weight" in sd else "classifier"
     fc.load_state_dict({"weight": sd[f"{key}.weight"], "bias": sd[f"{key}.bias"]})

@@ -2,6 +2,7 @@
 
 import copy
 import itertools
+import json
 
 import pytest
 import torch
@@ -9,6 +10,8 @@ from conftest import cached_model
 
 import fcnseg
 from fcnseg.models import count_parameters
+from fcnseg.models.spec import ModelSpec
+from fcnseg.models.trunks import Trunk
 
 PAIRS = list(itertools.product(fcnseg.ARCHS, fcnseg.BACKBONES))
 ODD_SIZES = [(1, 1), (2, 3), (17, 5), (31, 33), (45, 64), (67, 101)]
@@ -71,6 +74,19 @@ class TestEveryModel:
         assert labels.shape == (23, 41) and labels.dtype == torch.int64
         assert labels.min() >= 0 and labels.max() < 5
         assert model.training  # predict restores the mode it found
+
+    def test_trunk_keeps_the_contract_and_the_spec_rebuilds_the_model(self, arch, backbone):
+        model = _randomise_head(cached_model(arch, backbone)).eval()
+        trunk = model.trunk
+        assert isinstance(trunk, Trunk) and trunk.backbone == backbone and len(trunk.channels) == 3
+        assert len(trunk.geometry) == 3 and trunk.preprocessing == model.preprocessing
+        spec = model.spec
+        assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+        again = spec.build().eval()
+        again.load_state_dict(model.state_dict())
+        x = torch.rand(1, 3, 29, 35)
+        with torch.no_grad():
+            assert again.spec == spec and torch.equal(again(x), model(x))
 
     def test_parameter_count_is_reported(self, arch, backbone, record_property):
         n = count_parameters(cached_model(arch, backbone))

@@ -65,7 +65,7 @@ def test_download_path_fetches_and_checks_the_hash(torch_home, tmp_path):
         trunk = build_trunk("resnet18")
         from fcnseg.models.weights import load_backbone_weights
 
-        load_backbone_weights(trunk, "resnet18", w)
+        assert load_backbone_weights(trunk, "resnet18", w) == IMAGENET == trunk.preprocessing
         assert torch.equal(trunk.conv1.weight, sd["conv1.weight"])
         with pytest.raises(RuntimeError, match="could not download resnet18 imagenet weights"):
             BackboneWeights("resnet18", "imagenet", IMAGENET, url=f"{base}/{bad.name}").file()
@@ -190,7 +190,7 @@ def test_efficientnet_lite_weights_give_identical_logits_and_see_the_cat(n, chel
     sd = read_state_dict(w.file())
     # With TensorFlow's padding (the weights' own), the trunk is the reference net exactly.
     tf_trunk = build_trunk(f"efficientnet_lite{n}", "tf").eval()
-    load_backbone_weights(tf_trunk, f"efficientnet_lite{n}", "imagenet")
+    assert load_backbone_weights(tf_trunk, f"efficientnet_lite{n}", "imagenet") == TF_LITE
     model = fcnseg.build_model("fcn8s", f"efficientnet_lite{n}", 3, "imagenet").eval()
     assert model.preprocessing == TF_LITE
     x = model.normalize(chelsea)  # (x*255 - 127) / 128

