@@ -253,7 +253,7 @@ def predict_video(model, path: str | os.PathLike, *, batch_size: int = 4, smooth
         every: segment every Nth frame only.
         start, end: the first frame and the frame to stop before: a frame number (``300``) or seconds
             (``"10s"``).
-        tile, flip: as in ``fcnseg.predict.predict_image``.
+        tile, flip: as in ``fcnseg.models.inference.predict_image``.
 
     Raises:
         VideoError: not a video, corrupt or truncated stream, no frames (one line naming the file); raised on

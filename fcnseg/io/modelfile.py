@@ -28,6 +28,13 @@ def save_model(model: FCN, path: str | os.PathLike, **info) -> Path:
         model: the FCN (a DDP wrapper is unwrapped).
         path: where to write.
         info: extra JSON-serialisable facts stored with it (metrics, dataset, training command, ...).
+
+    Returns:
+        ``path``. The file holds the state dict (safetensors) and, as metadata ``fcnseg``, JSON with ``format``,
+        ``model`` (``model.spec.to_dict()``) and ``info``.
+
+    Raises:
+        fcnseg.io.atomic.WriteError: the file could not be written (named); any previous file there is unchanged.
     """
     from safetensors.torch import save
 
@@ -42,6 +49,13 @@ def save_model(model: FCN, path: str | os.PathLike, **info) -> Path:
 
 
 def read_model_metadata(path: str | os.PathLike) -> dict:
+    """The ``fcnseg`` metadata of a model file (``format``, ``model``: the spec dict, ``info``), without reading
+    its weights.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a safetensors file, no fcnseg metadata, or an unknown format (named).
+    """
     from safetensors import safe_open
 
     path = Path(path)
@@ -61,7 +75,13 @@ def read_model_metadata(path: str | os.PathLike) -> dict:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> FCN:
-    """Rebuilds a model saved by ``save_model`` (architecture, classes, palette, preprocessing, weights)."""
+    """Rebuilds a model saved by ``save_model`` (architecture, classes, palette, preprocessing, weights), in eval
+    mode on ``device``; files without an ``alignment`` (fcnseg 0.1) load with the legacy head they were trained with.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not an fcnseg model file, a spec that builds no model, or weights that do not fit it (named).
+    """
     from safetensors.torch import load_file
 
     meta = read_model_metadata(path)
@@ -101,6 +121,10 @@ def load_torchfcn(source, arch: str = "fcn8s", class_names: list[str] | None = N
         source: a state-dict file (read with ``weights_only=True``), a state dict, or a torchfcn module.
         arch: "fcn32s", "fcn16s", "fcn8s" or "fcn8s-atonce"; a module gives its own.
         class_names: names of the classes (default: the 21 PASCAL VOC classes when there are 21).
+
+    Raises:
+        FileNotFoundError: a file that does not exist.
+        ValueError: not a readable weights file, or not a pytorch-fcn FCN state dict.
     """
     if isinstance(source, nn.Module):
         arch = TORCHFCN_ARCHS.get(type(source).__name__, arch)

@@ -185,6 +185,10 @@ class FCN(nn.Module):
         Returns:
             ``(H, W)`` int64 labels (``(N, H, W)`` for a batch), on the CPU: class indices, 0/1 for a binary
             model; a multilabel model gives ``(K, H, W)`` (``(N, K, H, W)``) 0/1 per class.
+
+        Raises:
+            FileNotFoundError, fcnseg.data.images.ImageError, ValueError, TypeError: an image that cannot be read
+                (a file is named), or a batch of the wrong shape or dtype.
         """
         was_training = self.training
         self.eval()

@@ -95,6 +95,10 @@ def predict_image(model, image, *, tile: int | None = TILE, overlap: int = OVERL
     Returns:
         ``(labels, probs)``: ``HxW`` labels (uint8 up to 256 classes; a multilabel model's are ``KxHxW``, 0/1
         per class) and the probabilities or None.
+
+    Raises:
+        FileNotFoundError, fcnseg.data.images.ImageError, ValueError, TypeError: an image ``to_tensor`` cannot
+            read (a file is named).
     """
     x = to_tensor(image, getattr(model, "in_channels", 3))
     h0, w0 = x.shape[-2:]
