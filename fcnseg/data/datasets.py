@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import IMAGE_EXTS, MAX_PIXELS, ImageError, check_pixels, decode_image
+from .images import IMAGE_EXTS, MAX_PIXELS, ImageError, check_pixels, decode_image, to_float
 from .masks import Mapping, MaskValueError, from_levels, from_threshold, infer_mapping
 from .palettes import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, default_palette, voc_palette
 
@@ -200,7 +200,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         img, lab = self.tensors(i)
         if self.transforms is None:
-            return img.float() / 255.0, lab
+            return to_float(img), lab
         return self.transforms(img, lab)
 
     def check(self, skip_bad: bool = False, progress: bool = False) -> list[str]:

@@ -133,9 +133,9 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
-    """An image tensor as float32 in [0, 1]: uint8 (0..255) is divided by 255, float is kept as it is (a copy
-    only where the dtype changes). Any shape."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    """An image tensor as float32 in [0, 1]: uint8 (and other integers, read as 0..255) divided by 255, float kept
+    as it is (a copy only where the dtype changes). Any shape. The one place fcnseg scales 8-bit pixels."""
+    return x.float() if x.is_floating_point() else x.float().div_(255.0)
 
 
 def to_tensor(image, channels: int = 3, max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
@@ -165,7 +165,7 @@ def to_tensor(image, channels: int = 3, max_pixels: int | None = MAX_PIXELS) -> 
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != channels:
             raise ValueError(f"expected a ({channels}, H, W) image tensor; got shape {tuple(image.shape)}")
-        return image if image.dtype == torch.uint8 or image.is_floating_point() else image.float() / 255.0
+        return image if image.dtype == torch.uint8 or image.is_floating_point() else to_float(image)
     raise TypeError(f"cannot read an image from {type(image).__name__}")
 
 
