@@ -50,3 +50,29 @@ def test_staged_init_keeps_preprocessing_and_refuses_wrong_order():
         fcnseg.staged_init(m8)
     m32 = fcnseg.build_model("fcn32s", "efficientnet_lite0", 3)
     assert fcnseg.staged_init(m32, "fcn8s").preprocessing == m32.preprocessing
+
+
+@pytest.mark.parametrize("with_spec", [False, True], ids=["config-only", "spec"])
+def test_a_training_checkpoint_rebuilds_the_model_it_saved(tmp_path, with_spec):
+    """``init_from: last.pt``: the spec comes from the checkpoint's ``spec`` entry or, in checkpoints written
+    without one, from its training config and preprocessing."""
+    from fcnseg.io.checkpoint import checkpoint_spec, load_checkpoint, save_checkpoint
+    from fcnseg.preprocessing import CAFFE_BGR
+
+    torch.manual_seed(0)
+    model = _trained_like(fcnseg.build_model("fcn16s", "alexnet", 3, upsampling="learned"))
+    model.normalize.set(CAFFE_BGR)  # not the trunk's default: the checkpoint must carry it
+    config = {"arch": "fcn16s", "backbone": "alexnet", "padding": "paper", "upsampling": "learned", "lr": 1e-3}
+    save_checkpoint({"model": model.state_dict(), "config": config, "preprocessing": CAFFE_BGR.to_dict()},
+                    tmp_path / "last.pt", spec=model.spec if with_spec else None)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert ("spec" in state) == with_spec
+    names = ["background", "a", "b"]
+    spec = checkpoint_spec(state, names)
+    assert spec.preprocessing == CAFFE_BGR and spec.alignment == "exact" and spec.class_names == tuple(names)
+    again = spec.build().eval()
+    again.load_state_dict(state["model"])
+    x = torch.rand(1, 3, 37, 45)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+    assert again.spec == model.spec.replace(class_names=tuple(names))
