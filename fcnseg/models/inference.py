@@ -24,7 +24,8 @@ OVERLAP = 128
 
 
 def forward(model, x: torch.Tensor) -> torch.Tensor:
-    """Scores of a float batch, on the model's device, dtype and memory format."""
+    """Scores ``(N, K, H, W)`` of a float ``(N, C, H, W)`` batch in [0, 1], moved to the model's device, dtype and
+    memory format first (an ``nn.Module``; other models get the batch as it is)."""
     if isinstance(model, torch.nn.Module):
         param = next(model.parameters())
         conv = next((p for p in model.parameters() if p.dim() == 4), param)
@@ -50,7 +51,8 @@ def _task(model) -> tuple[str, float]:
 
 
 def decide_labels(model, p: torch.Tensor, dim: int) -> torch.Tensor:
-    """Labels from (possibly unnormalised, for multiclass and binary) probabilities along ``dim``."""
+    """Labels (int64) from probabilities along ``dim`` (``probabilities``' output, or for multiclass and binary
+    models their unnormalised weighted sums) by the model's task and threshold (``fcnseg.tasks.decide``)."""
     task, threshold = _task(model)
     return tasks.decide(p, task, threshold, dim)
 
@@ -72,6 +74,7 @@ def _ramp(n: int, overlap: int) -> torch.Tensor:
 
 
 def label_dtype(num_classes: int):
+    """The numpy dtype of label maps: uint8 up to 256 classes (PNG-writable), else int32."""
     return np.uint8 if num_classes <= 256 else np.int32
 
 
