@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from fastapi import HTTPException
 
+# _float, _as_chw, _label_dtype: the old private names, kept as aliases until serve is split (integrator: rename).
 from ..data.images import ImageError, decode_image
-
-# Aliased to the old private names so the call sites stay as they are until serve is split (integrator: rename).
 from ..data.images import to_float as _float
 from ..data.images import to_tensor as _as_chw
 from ..data.palettes import label_image
