@@ -14,15 +14,11 @@ from conftest import make_shapes
 from fcnseg.checkpoint import load_model
 from fcnseg.data import DatasetError, build_dataset, eval_transforms
 from fcnseg.evaluate import evaluate
-from fcnseg.train import (
-    HEAVY_LR,
-    build,
-    load_config,
-    param_groups,
-    resolve_amp,
-    segmentation_loss,
-    train,
-)
+from fcnseg.losses import segmentation_loss
+from fcnseg.runtime.device import resolve_amp
+from fcnseg.train import load_config, train
+from fcnseg.train.config import HEAVY_LR
+from fcnseg.train.model import build, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,7 +95,7 @@ def test_loss_sampling_keeps_whole_cells():
 
 
 def test_amp_choice_follows_the_device():
-    from fcnseg.train import cpu_has_fast_bf16
+    from fcnseg.runtime.cpu import cpu_has_fast_bf16
 
     cpu = torch.device("cpu")
     assert resolve_amp("off", cpu) is None and resolve_amp("auto", cpu) is None
