@@ -17,7 +17,11 @@ def _batchnorms(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def check_batchnorm(model: torch.nn.Module, cfg: TrainConfig) -> None:
     """Refuses batch 1 with trainable BatchNorm (statistics of one image; with a 1x1 deepest map, a crash at
-    step 1); with ``freeze_bn`` freezes every BatchNorm layer (parameters fixed, running statistics used)."""
+    step 1); with ``freeze_bn`` freezes every BatchNorm layer (parameters fixed, running statistics used).
+
+    Raises:
+        ValueError: ``batch_size`` 1 with BatchNorm layers and without ``freeze_bn``.
+    """
     bns = _batchnorms(model)
     if cfg.freeze_bn:
         for m in bns:
@@ -96,12 +100,15 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
 
 
 def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with ``momentum`` or AdamW over ``param_groups``' groups (their own rates and decays)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int):
+    """The learning-rate factor of each step for ``LambdaLR``: linear warm-up over ``warmup_steps``, then constant
+    or poly decay, ``(1 - step / total_steps) ** poly_power``, to 0 at ``total_steps``."""
     def f(step: int) -> float:
         warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
         if cfg.schedule == "constant":
