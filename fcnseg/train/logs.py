@@ -33,12 +33,14 @@ def eta(seconds_done: float, steps_done: int, steps_left: int) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def _brief(result: dict) -> dict:
+def brief_scores(result: dict) -> dict:
+    """The scores stored in a model file's info (``val``): the summary numbers of an evaluation, no matrices."""
     return {k: result[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "mean_dice",
                                    "foreground_iu") if k in result}
 
 
-def _progress(main: bool, total: int, initial: int, desc: str):
+def progress_bar(main: bool, total: int, initial: int, desc: str):
+    """A tqdm bar for an epoch's steps, shown by the main process on a terminal only (logs have lines instead)."""
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, disable=not main or not sys.stderr.isatty(), leave=False)

@@ -24,7 +24,7 @@ from ..runtime.distributed import finish_distributed, setup_distributed
 from .callbacks import Callback
 from .config import TrainConfig
 from .data import Augmented, build_data, class_weights, epoch_batches
-from .logs import TrainLogger, _brief, _progress, eta, startup_line
+from .logs import TrainLogger, brief_scores, eta, progress_bar, startup_line
 from .model import build, check_batchnorm, lr_lambda, make_optimizer, param_groups, train_mode
 from .state import TrainState
 
@@ -201,7 +201,7 @@ def train_one_epoch(run: Run, state: TrainState) -> None:
                                          collate_fn=pad_collate, pin_memory=run.device.type == "cuda",
                                          generator=run.loader_generator)
     train_mode(run.net, cfg)
-    bar = _progress(run.main, len(batches), state.batch, f"epoch {state.epoch + 1}/{cfg.epochs}")
+    bar = progress_bar(run.main, len(batches), state.batch, f"epoch {state.epoch + 1}/{cfg.epochs}")
     tick, seen = time.perf_counter(), 0
     step_start = tick  # the data loading of a step counts towards it
     for b, (images, labels) in enumerate(loader, start=state.batch):
@@ -238,8 +238,9 @@ def evaluate(run: Run, state: TrainState) -> dict:
         score = -1.0 if score is None else score  # None: no labelled pixel in the validation masks
         if score > state.best or not (run.out / "best.safetensors").exists():
             state.best = max(state.best, score)
-            save_model(run.model, run.out / "best.safetensors", epoch=state.epoch, step=state.step, val=_brief(result),
-                       dataset=cfg.dataset, split=cfg.val_split, dataset_options=cfg.dataset_options)
+            save_model(run.model, run.out / "best.safetensors", epoch=state.epoch, step=state.step,
+                       val=brief_scores(result), dataset=cfg.dataset, split=cfg.val_split,
+                       dataset_options=cfg.dataset_options)
     return result
 
 
@@ -280,7 +281,7 @@ def finish(run: Run, state: TrainState, result: dict) -> None:
     if run.main:
         cfg, out = run.cfg, run.out
         info = dict(epoch=state.epoch, step=state.step, dataset=cfg.dataset, dataset_options=cfg.dataset_options)
-        save_model(run.model, out / "model.safetensors", val=_brief(result) if result else None, **info)
+        save_model(run.model, out / "model.safetensors", val=brief_scores(result) if result else None, **info)
         if run.val_ds is None:  # no validation to pick a best model by: the best is the last
             save_model(run.model, out / "best.safetensors", val=None, best="last (no validation)", **info)
         if result:
