@@ -285,7 +285,7 @@ def main() -> int:
 
     import torch
 
-    from fcnseg.train import cpu_name
+    from fcnseg.runtime.cpu import cpu_name
 
     device_name = (torch.cuda.get_device_name() if args.device == "cuda"
                    else f"{platform.processor() or platform.machine()} ({cpu_name()})")

@@ -65,7 +65,8 @@ def run_arm(name: str, overrides: list[str], results: Path, force: bool = False,
     from fcnseg.data import build_dataset, eval_transforms
     from fcnseg.evaluate import evaluate
     from fcnseg.io.modelfile import load_model
-    from fcnseg.train import cpu_name, load_config, train
+    from fcnseg.runtime.cpu import cpu_name
+    from fcnseg.train import load_config, train
 
     done = set() if done is None else done
     cfg_path = CONFIGS / f"{name}.yaml"

@@ -68,7 +68,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import build_dataset, eval_transforms
     from .evaluate import evaluate, format_table, write_report
     from .pretrained import load
-    from .train import finish_distributed, resolve_amp, setup_distributed
+    from .runtime.device import resolve_amp
+    from .runtime.distributed import finish_distributed, setup_distributed
 
     rank, world, device = setup_distributed(args.device)
     torch.set_num_threads(args.threads) if args.threads else None
@@ -164,7 +165,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     rank = 0
     if world > 1 and shard is None:  # under torchrun: this process's share, merged by rank 0 at the end
-        from .train import setup_distributed
+        from .runtime.distributed import setup_distributed
 
         rank, world, _ = setup_distributed(args.device)
         shard = (rank, world)
@@ -202,7 +203,7 @@ def _merge_under_torchrun(rank: int, out: str) -> None:
     import torch.distributed as dist
 
     from .predict import merge_summaries
-    from .train import finish_distributed
+    from .runtime.distributed import finish_distributed
 
     dist.barrier()
     if rank == 0:

@@ -40,7 +40,7 @@ def load_for_inference(name: str, backend: str, device: str):
     """
     from .export import OnnxModel, onnx_for
     from .pretrained import load
-    from .train import resolve_device
+    from .runtime.device import resolve_device
 
     if str(name).endswith(".onnx"):
         if backend == "torch":

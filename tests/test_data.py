@@ -10,7 +10,7 @@ from fcnseg.data import DatasetError, build_dataset, pad_collate, train_transfor
 from fcnseg.data.datasets import camvid, folder, voc
 from fcnseg.data.palettes import colorize, voc_palette
 from fcnseg.data.transforms import seeded
-from fcnseg.train import epoch_batches
+from fcnseg.train.data import epoch_batches
 
 
 def _labels_from_image(img: np.ndarray) -> np.ndarray:

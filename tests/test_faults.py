@@ -25,6 +25,7 @@ from fcnseg.io.modelfile import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
+RUNNER = str(Path(__file__).resolve().parent / "train_runner.py")  # `fcnseg train` with faults injected
 
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -76,7 +77,7 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_p
     ref = _cli("train", *_args(tiny(shapes, tmp_path / "ref", **common)))
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
-    args = ["train", "--resume", *_args(tiny(shapes, out, **common))]  # --resume: fresh when there is no last.pt
+    args = ["--resume", *_args(tiny(shapes, out, **common))]  # --resume: fresh when there is no last.pt
     rng = random.Random(6)
     plan = [("after checkpoint", rng.randint(1, 2), rng.uniform(0.0, 0.3)),
             ("inside a checkpoint write", rng.randint(3, 4), 0.0),
@@ -84,9 +85,9 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_p
     steps = [0]
     for kind, at_step, delay in plan:
         inside = kind.startswith("inside")
-        # Inside: every atomic write pauses 0.5 s with its temporary file complete and not yet renamed.
-        env = {**ENV, **({"FCNSEG_TEST_WRITE_PAUSE": "0.5"} if inside else {})}
-        proc = subprocess.Popen([sys.executable, "-m", "fcnseg.cli", *args], cwd=REPO, env=env,
+        # Inside: every write of last.pt pauses 0.5 s with its temporary file complete and not yet renamed.
+        pause = ["--pause-checkpoint-writes", "0.5"] if inside else []
+        proc = subprocess.Popen([sys.executable, RUNNER, *pause, *args], cwd=REPO, env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ckpt = _Checkpoints(out / "last.pt")
         try:
@@ -105,7 +106,7 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_p
         assert step is not None and step >= at_step and step > steps[-1], (kind, step, steps)
         assert not (out / "model.safetensors").exists()
         steps.append(step)
-    resumed = _cli(*args)
+    resumed = _cli("train", *args)  # the real CLI finishes the run
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {out / 'last.pt'}: epoch" in resumed.stdout
     a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(out / "model.safetensors")
@@ -212,16 +213,17 @@ def test_a_malicious_pickle_checkpoint_is_refused_without_running(tmp_path, shap
 
 @pytest.mark.slow
 def test_torchrun_restarts_a_killed_worker_and_the_run_resumes(tmp_path):
-    """`torchrun --max-restarts 1`: rank 1 SIGKILLs itself after step 3 (once); torchrun stops rank 0 and starts
-    both again; they resume from last.pt and finish, each of the 4 steps logged once."""
+    """`torchrun --max-restarts 1`: rank 1 SIGKILLs itself after step 3 (once, by the test runner's callback);
+    torchrun stops rank 0 and starts both again; they resume from last.pt and finish, each of the 4 steps logged
+    once."""
     shapes = make_shapes(tmp_path / "shapes", n=12, splits=True)  # 9 train images: 2 steps per epoch on 2 ranks
     out = tmp_path / "ddp"
     marker = tmp_path / "fault-done"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "--max-restarts", "1", "--monitor-interval", "0.5", "-m", "fcnseg.cli", "train", "--resume",
-           *_args(tiny(shapes, out, epochs=2, threads=1, ckpt_every=1, val_every=2))]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FCNSEG_FAULT_AT_STEP": "3", "FCNSEG_FAULT_RANK": "1",
-           "FCNSEG_FAULT_MARKER": str(marker), "FCNSEG_DIST_TIMEOUT": "120"}
+           "--max-restarts", "1", "--monitor-interval", "0.5", RUNNER, "--kill-after-step", "3", "--kill-rank", "1",
+           "--marker", str(marker), "--resume", *_args(tiny(shapes, out, epochs=2, threads=1, ckpt_every=1,
+                                                            val_every=2))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FCNSEG_DIST_TIMEOUT": "120"}
     t = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     log = r.stdout + r.stderr
@@ -235,12 +237,13 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_resumes(tmp_path):
 
 def test_resume_drops_log_rows_after_the_checkpoint_and_a_row_cut_by_the_kill(tmp_path):
     """The log holds steps 1..12 and the start of step 13's row ("1"), cut by the kill; the checkpoint is at 10."""
-    from fcnseg.train import TrainConfig, _Logger
+    from fcnseg.train import TrainConfig
+    from fcnseg.train.logs import TrainLogger
 
     header = "step,epoch,loss,lr,images_per_s,seconds\n"
     rows = "".join(f"{i},1,0.5,0.1,1.0,{i}.0\n" for i in range(1, 13))
     (tmp_path / "train_log.csv").write_text(header + rows + "1")
-    logger = _Logger(tmp_path, TrainConfig(out=str(tmp_path), tensorboard=False), step=10)
+    logger = TrainLogger(tmp_path, TrainConfig(out=str(tmp_path), tensorboard=False), step=10)
     logger.step(11, 1, 0.4, 0.1, 1.0)
     logger.close()
     assert _steps_logged(tmp_path) == list(range(1, 12))

@@ -25,25 +25,27 @@ from fcnseg.io.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "FCNSEG_DIST_TIMEOUT": "30"}
+CLI = ["-m", "fcnseg.cli", "train"]
 
 
-def _node_cmd(rank: int, port: int, run_id: str, cfg: dict, *extra: str) -> list[str]:
+def _node_cmd(rank: int, port: int, run_id: str, cfg: dict, *extra: str, program: list[str] = CLI) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
             "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-            "--rdzv-id", run_id, "--monitor-interval", "0.5", *extra, "-m", "fcnseg.cli", "train",
+            "--rdzv-id", run_id, "--monitor-interval", "0.5", *extra, *program,
             *(["--resume"] if "--max-restarts" in extra else []), *_args(cfg)]
 
 
-def _two_nodes(cfg: dict, log_dir: Path, *extra: str, env: dict | None = None
+def _two_nodes(cfg: dict, log_dir: Path, *extra: str, program: list[str] = CLI
                ) -> tuple[list[subprocess.Popen], list[Path]]:
-    """Starts both launchers together; node 0 hosts the c10d rendezvous store on a free loopback port."""
+    """Starts both launchers together; node 0 hosts the c10d rendezvous store on a free loopback port.
+    ``program``: what each worker runs (default ``fcnseg train``; the faults tests' runner with its options)."""
     port, run_id = _free_port(), uuid.uuid4().hex[:8]
     procs, logs = [], []
     for rank in (0, 1):
         logs.append(log_dir / f"node{rank}.log")
         with open(logs[-1], "w") as f:
-            procs.append(subprocess.Popen(_node_cmd(rank, port, run_id, cfg, *extra), cwd=REPO, env=env or ENV,
-                                          stdout=f, stderr=subprocess.STDOUT))
+            procs.append(subprocess.Popen(_node_cmd(rank, port, run_id, cfg, *extra, program=program), cwd=REPO,
+                                          env=ENV, stdout=f, stderr=subprocess.STDOUT))
     return procs, logs
 
 
@@ -128,14 +130,15 @@ def test_when_node_1_dies_node_0_stops_within_the_timeout_and_nothing_is_half_wr
 
 @pytest.mark.slow
 def test_two_nodes_restart_together_after_a_worker_dies_and_resume(tmp_path):
-    """`--max-restarts 1` on both launchers: rank 1 (node 1) SIGKILLs itself after step 3; rank 0 fails in gloo and
-    exits at once ("rank 0 of 2: ..."), both agents count one failure, meet again, and both workers resume from
-    last.pt with the same store prefix (attempt 1) and finish."""
+    """`--max-restarts 1` on both launchers: rank 1 (node 1) SIGKILLs itself after step 3 (a callback of the test
+    runner); rank 0 fails in gloo and exits at once ("rank 0 of 2: ..."), both agents count one failure, meet
+    again, and both workers resume from last.pt with the same store prefix (attempt 1) and finish."""
     shapes = make_shapes(tmp_path / "shapes", n=8, splits=True)
     out = tmp_path / "multi"
     cfg = tiny(shapes, out, epochs=6, threads=1, val_split=None, ckpt_every=1)
-    env = {**ENV, "FCNSEG_FAULT_AT_STEP": "3", "FCNSEG_FAULT_RANK": "1", "FCNSEG_FAULT_MARKER": str(tmp_path / "m")}
-    procs, logs = _two_nodes(cfg, tmp_path, "--max-restarts", "1", env=env)
+    runner = [str(REPO / "tests" / "train_runner.py"), "--kill-after-step", "3", "--kill-rank", "1", "--marker",
+              str(tmp_path / "m")]
+    procs, logs = _two_nodes(cfg, tmp_path, "--max-restarts", "1", program=runner)
     try:
         codes = [p.wait(timeout=150) for p in procs]
     finally:

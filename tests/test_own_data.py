@@ -337,7 +337,7 @@ def test_serve_names_generic_run_files_after_their_folder(tmp_path):
 
 
 def test_eta_text():
-    from fcnseg.train import eta
+    from fcnseg.train.logs import eta
 
     assert eta(0.0, 0, 10) == "?"
     assert eta(10.0, 10, 5) == "5s" and eta(10.0, 1, 20) == "3m20s" and eta(3600.0, 1, 2) == "2h00m"

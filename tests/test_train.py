@@ -2,6 +2,7 @@
 
 import csv
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +12,15 @@ import pytest
 import torch
 from conftest import make_shapes
 
+from fcnseg.io.checkpoint import load_checkpoint
+from fcnseg.io.modelfile import load_model
 from fcnseg.data import DatasetError, build_dataset, eval_transforms
 from fcnseg.evaluate import evaluate
-from fcnseg.io.modelfile import load_model
-from fcnseg.train import (
-    HEAVY_LR,
-    build,
-    load_config,
-    param_groups,
-    resolve_amp,
-    segmentation_loss,
-    train,
-)
+from fcnseg.losses import segmentation_loss
+from fcnseg.runtime.device import resolve_amp
+from fcnseg.train import Callback, TrainState, load_config, train
+from fcnseg.train.config import HEAVY_LR
+from fcnseg.train.model import build, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,7 +97,7 @@ def test_loss_sampling_keeps_whole_cells():
 
 
 def test_amp_choice_follows_the_device():
-    from fcnseg.train import cpu_has_fast_bf16
+    from fcnseg.runtime.cpu import cpu_has_fast_bf16
 
     cpu = torch.device("cpu")
     assert resolve_amp("off", cpu) is None and resolve_amp("auto", cpu) is None
@@ -216,3 +214,41 @@ def test_torchrun_two_processes_on_cpu(tmp_path, shapes):
     m1 = json.loads((tmp_path / "e1" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "e2" / "metrics.json").read_text())
     assert m1["confusion"] == m2["confusion"] and m1["num_images"] == m2["num_images"] == 2
+
+
+class _Record(Callback):
+    """Writes down what a run tells its callbacks (copies of the state: the run's own object moves on)."""
+
+    def __init__(self) -> None:
+        self.steps, self.epochs, self.checkpoints = [], [], []
+
+    def on_step_end(self, state, logs):
+        self.steps.append((state.step, state.epoch, state.batch, sorted(logs)))
+
+    def on_epoch_end(self, state, metrics):
+        self.epochs.append((state.epoch, state.step, metrics.get("mean_iu")))
+
+    def on_checkpoint(self, state, path):
+        self.checkpoints.append((state.step, load_checkpoint(path)["step"], path.name))
+
+
+def test_callbacks_see_every_step_each_epoch_and_each_checkpoint(tmp_path, shapes):
+    # 6 training images at batch 2: 3 steps an epoch; validated after epoch 2 only; a checkpoint every 2 steps.
+    cfg = load_config(None, tiny(shapes, tmp_path, epochs=2, val_every=2, ckpt_every=2))
+    record = _Record()
+    result = train(cfg, callbacks=[record])
+    assert [s[:3] for s in record.steps] == [(1, 0, 1), (2, 0, 2), (3, 0, 3), (4, 1, 1), (5, 1, 2), (6, 1, 3)]
+    assert all(keys == ["images_per_s", "loss", "lr"] for *_, keys in record.steps)
+    assert record.epochs == [(1, 3, None), (2, 6, result["mean_iu"])]
+    # Mid-epoch at step 2 and 4, and at the end of each epoch; each time the file on disk holds that step.
+    assert record.checkpoints == [(2, 2, "last.pt"), (3, 3, "last.pt"), (4, 4, "last.pt"), (6, 6, "last.pt")]
+
+
+def test_train_state_round_trips_through_a_checkpoint_dict_with_the_rng():
+    state = TrainState(epoch=3, batch=2, step=11, best=0.5, train_seconds=7.5)
+    saved = state.state_dict()
+    drawn = (torch.rand(3), random.random())
+    restored = TrainState()
+    restored.load_state_dict(saved)
+    assert restored == state
+    assert torch.equal(torch.rand(3), drawn[0]) and random.random() == drawn[1]  # the same numbers again

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,7 +48,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
             write(tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            _test_pause(path)
             os.replace(tmp, path)
         except Exception as e:
             cause = _os_error_in(e)
@@ -91,9 +89,3 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _test_pause(path: Path) -> None:
-    """Fault-injection hook for the tests: ``FCNSEG_TEST_WRITE_PAUSE=SECONDS`` holds every atomic write with its
-    temporary file complete but not yet renamed, so a test can kill the process inside a write."""
-    pause = os.environ.get("FCNSEG_TEST_WRITE_PAUSE")
-    if pause:
-        time.sleep(float(pause))

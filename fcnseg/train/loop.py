@@ -1,0 +1,337 @@
+"""The training loop, shaped like torchvision's references/segmentation/train.py: ``train`` builds a run's parts
+once (``setup``), resumes them (``resume_from``), then repeats ``train_one_epoch``, ``evaluate`` and
+``save_checkpoint`` and writes the final model files (``finish``)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..io.atomic import WriteError, stale_temp_files
+from ..io.checkpoint import load_checkpoint
+from ..io.checkpoint import save_checkpoint as write_checkpoint
+from ..io.modelfile import save_model
+from ..data import pad_collate, train_transforms
+from ..evaluate import evaluate as evaluate_model
+from ..evaluate import format_table, write_report
+from ..losses import build_loss, segmentation_loss
+from ..preprocessing import Preprocessing
+from ..runtime.device import resolve_amp
+from ..runtime.distributed import finish_distributed, setup_distributed
+from .callbacks import Callback
+from .config import TrainConfig
+from .data import Augmented, build_data, class_weights, epoch_batches
+from .logs import TrainLogger, brief_scores, eta, progress_bar, startup_line
+from .model import build, check_batchnorm, lr_lambda, make_optimizer, param_groups, train_mode
+from .state import TrainState
+
+
+@dataclass
+class Run:
+    """The parts of one run, built once by ``setup``; ``train_one_epoch``, ``evaluate`` and ``save_checkpoint``
+    work with them. ``net`` is the model or, under ``torchrun``, its DDP wrapper; ``logger`` exists on rank 0
+    only; ``saved_step`` is the step of the last checkpoint written (None: none yet)."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    train_ds: object
+    val_ds: object
+    augmented: Augmented
+    model: torch.nn.Module
+    loss_fn: object
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    total_steps: int
+    loader_generator: torch.Generator
+    callbacks: tuple[Callback, ...] = ()
+    net: torch.nn.Module | None = None
+    logger: TrainLogger | None = None
+    saved_step: int | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    def batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """This process's batches of ``(index, seed)`` for ``epoch`` (see ``epoch_batches``)."""
+        cfg = self.cfg
+        return epoch_batches(len(self.train_ds), cfg.batch_size, epoch, cfg.seed, self.rank, self.world,
+                             drop_last=cfg.batch_size > 1)
+
+
+def setup(cfg: TrainConfig, callbacks: tuple[Callback, ...] = ()) -> Run:
+    """Joins the process group (under torchrun), seeds, reads the data and builds the model, loss, optimiser
+    and schedule; rank 0 prints the data summaries and the start-up line. Raises as ``train`` does."""
+    rank, world, device = setup_distributed(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    resize = tuple(cfg.resize) if cfg.resize else None
+    aug = train_transforms(tuple(cfg.scale) if cfg.scale else None, tuple(cfg.crop) if cfg.crop else None,
+                           cfg.flip, cfg.color_jitter, resize=resize)
+    train_ds, val_ds = build_data(cfg, rank == 0)
+    model = build(cfg, train_ds.class_names, train_ds.palette).to(device)
+    check_batchnorm(model, cfg)
+    loss_fn = build_loss(cfg.loss, cfg.task, weight=class_weights(cfg, train_ds, device),
+                         reduction=cfg.loss_reduction)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    optimizer = make_optimizer(param_groups(model, cfg), cfg)
+    steps_per_epoch = len(epoch_batches(len(train_ds), cfg.batch_size, 0, cfg.seed, rank, world, cfg.batch_size > 1))
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    if rank == 0:
+        print(startup_line(cfg, train_ds, val_ds, steps_per_epoch, total_steps), flush=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    # A private generator for the loaders: creating one must not draw from the global RNG (the loss
+    # sampling's), or a run resumed mid-epoch would draw differently from an uninterrupted one.
+    return Run(cfg, rank, world, device, train_ds, val_ds, Augmented(train_ds, aug), model, loss_fn, amp_dtype,
+               scaler, optimizer, scheduler, total_steps, torch.Generator().manual_seed(cfg.seed), callbacks)
+
+
+def resume_from(run: Run, state: TrainState, resume: str) -> None:
+    """Loads a checkpoint into the run's model, optimiser, schedule and scaler, and into ``state`` (counters and
+    random-number state). ``resume``: a checkpoint file, or "auto" for ``OUT/last.pt`` if it exists (else the
+    run starts fresh).
+
+    Raises:
+        FileNotFoundError: the checkpoint file does not exist.
+        ValueError: not a readable fcnseg checkpoint, or one of another architecture or backbone, or weights
+            that do not fit the model; the message names the file.
+    """
+    cfg, out = run.cfg, run.out
+    ckpt = Path(resume) if resume != "auto" else out / "last.pt"
+    if resume == "auto" and not ckpt.exists():
+        if run.main:
+            print(f"no checkpoint at {out / 'last.pt'}: starting fresh")
+        return
+    saved = load_checkpoint(ckpt)
+    if saved["config"]["arch"] != cfg.arch or saved["config"]["backbone"] != cfg.backbone:
+        raise ValueError(f"{ckpt}: checkpoint is a {saved['config']['arch']} {saved['config']['backbone']}, "
+                         f"the config asks for a {cfg.arch} {cfg.backbone}")
+    try:
+        run.model.load_state_dict(saved["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{ckpt}: checkpoint does not fit the model ({str(e).splitlines()[0]})") from None
+    run.model.normalize.set(Preprocessing.from_dict(saved["preprocessing"]))
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.scaler.load_state_dict(saved["scaler"])
+    state.load_state_dict(saved)
+    if run.main:
+        print(f"resumed from {ckpt}: epoch {state.epoch}, step {state.step}")
+
+
+def _distributed(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
+    """The model wrapped for DDP when there are several processes (BatchNorm synchronised on CUDA)."""
+    if world == 1:
+        return model
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _train_step(run: Run, state: TrainState, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on a batch (images float32 [N, C, H, W], labels int64 [N, H, W] or multilabel
+    [N, K, H, W]); returns the loss (a 0-d tensor) and counts the step in ``state``.
+
+    Raises:
+        FloatingPointError: the loss is not finite (the step is not taken).
+    """
+    cfg, device = run.cfg, run.device
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    if cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, run.amp_dtype, enabled=run.amp_dtype is not None):
+        scores = run.net(images)
+    loss = segmentation_loss(scores, labels, sample=cfg.loss_sample, stride=cfg.loss_sample_stride, loss=run.loss_fn)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {state.step} (epoch {state.epoch + 1}); "
+                                 f"lower lr (now {run.scheduler.get_last_lr()[0]:.3g}) or check the data")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    state.step += 1
+    return loss
+
+
+def _log_step(run: Run, state: TrainState, loss: torch.Tensor, rate: float, step_start: float, bar) -> dict:
+    """Rank 0 logs the step (CSV, TensorBoard, progress bar); returns the callbacks' ``logs`` (empty on other
+    ranks when there are no callbacks: reading the loss would wait for the device)."""
+    if not run.main and not run.callbacks:
+        return {}
+    logs = {"loss": loss.item(), "lr": run.scheduler.get_last_lr()[0], "images_per_s": rate}
+    if run.main:
+        left = eta(state.train_seconds + time.perf_counter() - step_start, state.step, run.total_steps - state.step)
+        run.logger.step(state.step, state.epoch + 1, logs["loss"], logs["lr"], rate, left)
+        bar.update(1)
+        bar.set_postfix(loss=f"{logs['loss']:.4g}", img_s=f"{rate:.1f}", run_eta=left)
+    return logs
+
+
+def train_one_epoch(run: Run, state: TrainState) -> None:
+    """Trains from ``state``'s batch to the end of its epoch, or until ``total_steps``, with a checkpoint every
+    ``ckpt_every`` steps within the epoch; leaves ``state`` at the next epoch's first batch.
+
+    Raises:
+        FloatingPointError: a non-finite loss.
+        WriteError: a checkpoint could not be written.
+    """
+    cfg = run.cfg
+    batches = run.batches(state.epoch)
+    loader = torch.utils.data.DataLoader(run.augmented, batch_sampler=batches[state.batch:], num_workers=cfg.workers,
+                                         collate_fn=pad_collate, pin_memory=run.device.type == "cuda",
+                                         generator=run.loader_generator)
+    train_mode(run.net, cfg)
+    bar = progress_bar(run.main, len(batches), state.batch, f"epoch {state.epoch + 1}/{cfg.epochs}")
+    tick, seen = time.perf_counter(), 0
+    step_start = tick  # the data loading of a step counts towards it
+    for b, (images, labels) in enumerate(loader, start=state.batch):
+        loss = _train_step(run, state, images, labels)
+        seen += images.shape[0] * run.world
+        logs = _log_step(run, state, loss, seen / (time.perf_counter() - tick), step_start, bar)
+        state.train_seconds += time.perf_counter() - step_start
+        state.batch = b + 1
+        for callback in run.callbacks:
+            callback.on_step_end(state, logs)
+        if cfg.ckpt_every and state.step % cfg.ckpt_every == 0 and b + 1 < len(batches):
+            save_checkpoint(run, state)
+        if state.step >= run.total_steps:
+            break
+        step_start = time.perf_counter()
+    bar.close()
+    state.epoch, state.batch = state.epoch + 1, 0
+
+
+def evaluate(run: Run, state: TrainState) -> dict:
+    """Scores the model on the validation split (all processes; the confusion matrix is summed over them).
+    Rank 0 logs the scores and writes ``best.safetensors`` when the score (mean IU; foreground IU for a binary
+    task) beats ``state.best`` or there is none yet. Returns ``fcnseg.evaluate.evaluate``'s dict.
+
+    Raises:
+        WriteError: ``best.safetensors`` could not be written.
+    """
+    cfg = run.cfg
+    result = evaluate_model(run.net, run.val_ds, run.device, amp_dtype=run.amp_dtype, channels_last=cfg.channels_last,
+                            boundary_width=cfg.boundary_width or None)
+    if run.main:
+        run.logger.val(state.step, state.epoch, result, state.train_seconds)
+        score = result.get("foreground_iu" if cfg.task == "binary" else "mean_iu")
+        score = -1.0 if score is None else score  # None: no labelled pixel in the validation masks
+        if score > state.best or not (run.out / "best.safetensors").exists():
+            state.best = max(state.best, score)
+            save_model(run.model, run.out / "best.safetensors", epoch=state.epoch, step=state.step,
+                       val=brief_scores(result), dataset=cfg.dataset, split=cfg.val_split,
+                       dataset_options=cfg.dataset_options)
+    return result
+
+
+def save_checkpoint(run: Run, state: TrainState) -> None:
+    """Rank 0 writes ``OUT/last.pt`` atomically (model, optimiser, schedule, scaler, ``state.state_dict()``,
+    config, preprocessing), after flushing the logs so that their rows up to this step survive a kill as the
+    checkpoint does; then calls the callbacks' ``on_checkpoint``. Other ranks do nothing.
+
+    Raises:
+        WriteError: the file could not be written (e.g. a full disk); the message adds the step the run
+            stopped at and which checkpoint is kept. The previous ``last.pt`` is unchanged.
+    """
+    if not run.main:
+        return
+    run.logger.flush()
+    path = run.out / "last.pt"
+    try:
+        write_checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                          "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+                          **state.state_dict(), "config": asdict(run.cfg),
+                          "preprocessing": run.model.preprocessing.to_dict()}, path, spec=run.model.spec)
+    except WriteError as e:
+        # A run that cannot checkpoint stops: going on would risk losing everything after the last good one.
+        kept = f"the checkpoint of step {run.saved_step} is kept" if run.saved_step else "no checkpoint was written"
+        raise WriteError(f"{e}; training stopped at step {state.step} ({kept})") from e
+    run.saved_step = state.step
+    for callback in run.callbacks:
+        callback.on_checkpoint(state, path)
+
+
+def finish(run: Run, state: TrainState, result: dict) -> None:
+    """Rank 0 writes ``model.safetensors`` (the last weights), ``best.safetensors`` when there was no validation
+    to pick one, the last validation report, and closes the logs; then every process leaves the group.
+
+    Raises:
+        WriteError: a model file or the report could not be written.
+    """
+    if run.main:
+        cfg, out = run.cfg, run.out
+        info = dict(epoch=state.epoch, step=state.step, dataset=cfg.dataset, dataset_options=cfg.dataset_options)
+        save_model(run.model, out / "model.safetensors", val=brief_scores(result) if result else None, **info)
+        if run.val_ds is None:  # no validation to pick a best model by: the best is the last
+            save_model(run.model, out / "best.safetensors", val=None, best="last (no validation)", **info)
+        if result:
+            write_report(result, out / "val")
+            print(format_table(result))
+        run.logger.close()
+        print(f"saved to {out}: model.safetensors (last), best.safetensors "
+              f"({'best val mean IU' if run.val_ds is not None else 'no validation: the last'}), last.pt", flush=True)
+    finish_distributed()
+
+
+def train(cfg: TrainConfig, resume: str | None = None, callbacks: Iterable[Callback] = ()) -> dict:
+    """Runs training as ``cfg`` says; returns the last validation scores (an empty dict without validation).
+
+    Writes to ``cfg.out`` (rank 0 only): ``last.pt`` (after each epoch and every ``ckpt_every`` steps),
+    ``best.safetensors``, ``model.safetensors``, ``config.yaml``, ``train_log.csv``, ``val_log.csv``, ``val/``
+    and ``tb/``. ``resume``: None (fresh), "auto" (``OUT/last.pt`` if it exists) or a checkpoint file; a
+    resumed run replays the same batches, augmentations and loss samples as an uninterrupted one.
+    ``callbacks``: ``Callback`` objects called after each step, epoch and checkpoint (see ``Callback``).
+
+    Raises:
+        FileNotFoundError: the data folder, ``init_from`` or the ``resume`` checkpoint does not exist.
+        fcnseg.data.DatasetError: a bad image or mask (without ``skip_bad``), or data that cannot train.
+        ValueError: a config that does not fit the data (classes, task, channels, class weights, BatchNorm
+            with batch 1), or a checkpoint of another model; each message names the file or the key.
+        FloatingPointError: a non-finite loss.
+        WriteError: a checkpoint or model file could not be written; the previous one is unchanged.
+        RuntimeError: under torchrun, a lost peer or a process group that could not be formed.
+    """
+    run = setup(cfg, tuple(callbacks))
+    state = TrainState()
+    if resume:
+        resume_from(run, state, resume)
+    run.saved_step = state.step or None
+    run.net = _distributed(run.model, run.device, run.world)
+    if run.main:
+        for tmp in stale_temp_files(run.out):  # left by a run killed inside a write; the real files are whole
+            tmp.unlink(missing_ok=True)
+        run.logger = TrainLogger(run.out, cfg, state.step)
+    result: dict = {}
+    while state.epoch < cfg.epochs and state.step < run.total_steps:
+        train_one_epoch(run, state)
+        last = state.epoch >= cfg.epochs or state.step >= run.total_steps
+        metrics = {}
+        if run.val_ds is not None and (state.epoch % cfg.val_every == 0 or last):
+            metrics = result = evaluate(run, state)
+        for callback in run.callbacks:
+            callback.on_epoch_end(state, metrics)
+        save_checkpoint(run, state)
+    finish(run, state, result)
+    return result
