@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import make_shapes
 
-from fcnseg.io.checkpoint import load_checkpoint
-from fcnseg.io.modelfile import load_model
 from fcnseg.data import DatasetError, build_dataset, eval_transforms
 from fcnseg.evaluate import evaluate
+from fcnseg.io.checkpoint import load_checkpoint
+from fcnseg.io.modelfile import load_model
 from fcnseg.losses import segmentation_loss
 from fcnseg.runtime.device import resolve_amp
 from fcnseg.train import Callback, TrainState, load_config, train

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
+from ..data import pad_collate, train_transforms
+from ..evaluate import evaluate as evaluate_model
+from ..evaluate import format_table, write_report
 from ..io.atomic import WriteError, stale_temp_files
 from ..io.checkpoint import load_checkpoint
 from ..io.checkpoint import save_checkpoint as write_checkpoint
 from ..io.modelfile import save_model
-from ..data import pad_collate, train_transforms
-from ..evaluate import evaluate as evaluate_model
-from ..evaluate import format_table, write_report
 from ..losses import build_loss, segmentation_loss
 from ..preprocessing import Preprocessing
 from ..runtime.device import resolve_amp
