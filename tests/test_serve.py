@@ -21,7 +21,9 @@ from conftest import make_shapes, save_shapes_model
 from PIL import Image
 
 import fcnseg
-from fcnseg.serve import Limits, _prefers_png, _safe_name, is_loopback
+from fcnseg.serve import Limits, is_loopback
+from fcnseg.serve.app import prefers_png
+from fcnseg.serve.uploads import safe_name
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "fcnseg" / "demo_images" / "leuvenA.jpg"
@@ -102,11 +104,11 @@ def _post(url: str, name: str, body: bytes, mime: str = "application/octet-strea
 
 
 def test_helpers():
-    assert _safe_name("C:\\photos\\a b.jpg") == "a b.jpg" and _safe_name("../../x\u202e.png") == "x_.png"
-    assert _safe_name("") == "upload" and _safe_name(None) == "upload"
+    assert safe_name("C:\\photos\\a b.jpg") == "a b.jpg" and safe_name("../../x\u202e.png") == "x_.png"
+    assert safe_name("") == "upload" and safe_name(None) == "upload"
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
-    assert _prefers_png("image/png") and not _prefers_png("application/json, image/png") and not _prefers_png("*/*")
+    assert prefers_png("image/png") and not prefers_png("application/json, image/png") and not prefers_png("*/*")
     with pytest.raises(ValueError, match="workers must be at least 1"):
         Limits(workers=0)
 
@@ -138,7 +140,7 @@ def test_page_models_health_and_schema(server, tiny_file):
 
 
 def test_predict_json_and_png_match_the_library(server, tiny_file, tmp_path):
-    from fcnseg.cli import _load_for_inference
+    from fcnseg.export import load_for_inference
     from fcnseg.predict import predict_image
 
     root = make_shapes(tmp_path / "shapes", n=1, size=(96, 128))
@@ -152,7 +154,7 @@ def test_predict_json_and_png_match_the_library(server, tiny_file, tmp_path):
     with Image.open(io.BytesIO(base64.b64decode(body["labels_png"]))) as im:
         assert im.mode == "P" and im.size == (128, 96)
         labels = np.array(im)
-    model = _load_for_inference(str(tiny_file), "torch", "cpu")  # loaded as the server loads it
+    model = load_for_inference(str(tiny_file), "torch", "cpu")  # loaded as the server loads it
     expected, _ = predict_image(model, np.array(Image.open(path).convert("RGB")))
     assert np.array_equal(labels, expected) and len(np.unique(labels)) >= 2
     shares = {s["name"]: s["share"] for s in body["shares"]}

@@ -34,7 +34,7 @@ def decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
 
 
 def encode(model, labels: np.ndarray, started: float, batch: int) -> dict:
-    """What ``fcnseg.serve.segment`` returns, for labels computed in a batch of ``batch`` images."""
+    """What ``fcnseg.serve.workers.segment`` returns, for labels computed in a batch of ``batch`` images."""
     buf = io.BytesIO()
     label_image(labels, model.palette).save(buf, format="PNG", compress_level=1)
     return {"png": buf.getvalue(), "shares": class_shares(labels, model.num_classes), "width": int(labels.shape[1]),

@@ -13,6 +13,8 @@ from typing import Annotated
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import Response
 
+from .workers import Busy
+
 MAX_VIDEO_SECONDS = 20.0
 
 
@@ -76,8 +78,6 @@ def add_video_route(app: FastAPI, models: dict, gate, busy, refuse, safe_name, m
         refused = refuse()  # the image route's admission: queue full or shutting down
         if refused is not None:
             return refused
-        from . import Busy
-
         data = await file.read()
         try:
             result, waited = await gate.run(segment_upload, models[key], data, name, max_pixels, max_seconds, smooth)
