@@ -1,5 +1,6 @@
 """fcnseg: Fully Convolutional Networks for semantic segmentation (Long, Shelhamer, Darrell)."""
 
+from ._version import package_version
 from .hub import save_pretrained
 from .models import ARCHS, BACKBONES, FCN, build_model, convolutionalize, staged_init
 from .preprocessing import Preprocessing
@@ -14,6 +15,6 @@ def predict_video(model, path, **kw):
     return run(model, path, **kw)
 
 
-__version__ = "0.2.0"
+__version__ = package_version()
 __all__ = ["ARCHS", "BACKBONES", "FCN", "Preprocessing", "build_model", "convolutionalize", "load", "predict_video",
            "save_pretrained", "staged_init"]

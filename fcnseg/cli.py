@@ -9,6 +9,8 @@ import time
 import traceback
 from pathlib import Path
 
+from ._optional import MissingExtra, require
+
 
 def _cmd_models(args: argparse.Namespace) -> int:
     """Lists every (arch, backbone) with its parameter count and, with --time, a forward pass time."""
@@ -68,6 +70,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .pretrained import load
     from .train import finish_distributed, resolve_amp, setup_distributed
 
+    if args.report:  # before the evaluation, not after it
+        require("matplotlib", extra="report", what="fcnseg evaluate --report")
     rank, world, device = setup_distributed(args.device)
     torch.set_num_threads(args.threads) if args.threads else None
     model = load(args.model, device=device)
@@ -469,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as e:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError, MissingExtra) as e:
         if args.debug:
             traceback.print_exc()
         for problem in getattr(e, "problems", []):  # every bad pair, when none was usable (--skip-bad)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._optional import require
 from .data.palettes import label_image, overlay
 from .predict import TILE, _float, _label_dtype, class_shares, predict_image, probabilities
 
@@ -37,11 +38,7 @@ class VideoError(ValueError):
 
 
 def _av():
-    try:
-        import av
-    except ImportError as e:  # an optional extra
-        raise RuntimeError("reading videos needs PyAV: pip install 'fcnseg[video]' (or pip install av)") from e
-    return av
+    return require("av", extra="video", what="reading and writing videos")
 
 
 def is_video(path: str | os.PathLike) -> bool:

@@ -25,10 +25,18 @@ most ``queue`` more waiting; beyond that requests get 503 with ``Retry-After`` i
 Every refusal is JSON ``{"detail": "..."}`` naming the problem, and the server goes on serving.
 """
 
-from .app import Limits, create_app
-from .loading import load_models, model_name
-from .server import is_loopback, serve
-from .uploads import sniff
-from .workers import segment
+from .._optional import require
+
+# Checked before the parts import them, so that a missing package is one line naming the extra.
+# (uvicorn is required by ``serve`` itself: the app runs under any ASGI server.)
+for _module, _package in (("fastapi", None), ("python_multipart", "python-multipart"),
+                          ("prometheus_client", "prometheus-client")):
+    require(_module, extra="serve", what="fcnseg serve", package=_package)
+
+from .app import Limits, create_app  # noqa: E402
+from .loading import load_models, model_name  # noqa: E402
+from .server import is_loopback, serve  # noqa: E402
+from .uploads import sniff  # noqa: E402
+from .workers import segment  # noqa: E402
 
 __all__ = ["Limits", "create_app", "is_loopback", "load_models", "model_name", "serve", "sniff", "segment"]

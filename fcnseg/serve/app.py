@@ -13,6 +13,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFi
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from .. import __version__
 from .batching import Batcher
 from .metrics import MetricsMiddleware, ServeMetrics
 from .pages import add_pages
@@ -74,7 +75,7 @@ def create_app(models: dict[str, object], limits: Limits | None = None) -> FastA
     gate = Gate(limits.workers, limits.queue)
     state = {"started": False, "draining": False}
     metrics = ServeMetrics(gate, lambda: state["started"] and not state["draining"])
-    app = FastAPI(title="fcnseg", version="0.1.0", docs_url=None, redoc_url=None,  # the docs pages load CDN files
+    app = FastAPI(title="fcnseg", version=__version__, docs_url=None, redoc_url=None,  # the docs pages load CDN files
                   description="Semantic segmentation with Fully Convolutional Networks. Upload an image to "
                               "POST /predict; GET /models lists the classes and colours of each model.",
                   lifespan=_lifespan(gate, state))

@@ -3,6 +3,7 @@
 import ipaddress
 import sys
 
+from .._optional import require
 from .app import Limits, create_app
 from .loading import load_models
 
@@ -36,8 +37,8 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: L
         ValueError: a model it cannot serve (``load_models``); OSError: the port cannot be bound.
     """
     import torch
-    import uvicorn
 
+    uvicorn = require("uvicorn", extra="serve", what="fcnseg serve")
     limits = limits or Limits()
     if threads:
         torch.set_num_threads(threads)
@@ -61,7 +62,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: L
 def _draining_server(config, lifecycle: dict):
     """A ``uvicorn.Server`` whose shutdown signal first marks the app as draining (``/readyz`` 503, no new
     uploads); uvicorn then closes the listening socket and waits for the admitted requests."""
-    import uvicorn
+    uvicorn = require("uvicorn", extra="serve", what="fcnseg serve")
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

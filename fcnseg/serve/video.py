@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import Response
 
+from .._optional import available
 from .workers import Busy
 
 MAX_VIDEO_SECONDS = 20.0
@@ -53,9 +54,7 @@ def add_video_route(app: FastAPI, models: dict, gate, busy, refuse, safe_name, m
     response; ``refuse()``: the server's admission, a 503 response or None; ``safe_name``: its upload-name
     cleaner; ``errors``: the error responses for the schema).
     Nothing is added when PyAV is not installed."""
-    try:
-        import av  # noqa: F401
-    except ImportError:
+    if not available("av"):
         return
     default = next(iter(models))
 
