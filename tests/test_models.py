@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import cached_model
+from helpers import cached_model
 
 import fcnseg
 from fcnseg.models import count_parameters

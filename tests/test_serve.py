@@ -5,7 +5,6 @@ import base64
 import io
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import make_shapes, save_shapes_model
+from helpers import REPO, free_port, make_clip, make_shapes, photo_jpeg
 from PIL import Image
 
 import fcnseg
@@ -25,32 +24,20 @@ from fcnseg.serve import Limits, is_loopback
 from fcnseg.serve.app import prefers_png
 from fcnseg.serve.uploads import safe_name
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "fcnseg" / "demo_images" / "leuvenA.jpg"
 CHROMIUM = Path("/usr/bin/chromium")
 MAX_UPLOAD_MB, MAX_PIXELS, QUEUE = 2, 4_000_000, 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory) -> Path:
-    """A 3-class FCN-8s with random score layers (its labels vary across an image), saved as a model file."""
-    return save_shapes_model(tmp_path_factory.mktemp("serve-model") / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_file, tmp_path_factory):
+def server(tiny_model_file, tmp_path_factory):
     """``fcnseg serve`` in a subprocess on a free loopback port, with small limits so that tests can reach them:
     the shipped CamVid model (default) and the tiny model, uploads up to 2 MiB and 4 Mpixel, 1 worker, queue 2."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    cmd = [sys.executable, "-m", "fcnseg.cli", "serve", "--model", "camvid-fcn8s-lite0", "--model", str(tiny_file),
-           "--port", str(port), "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-pixels", str(MAX_PIXELS),
+    cmd = [sys.executable, "-m", "fcnseg.cli", "serve", "--model", "camvid-fcn8s-lite0",
+           "--model", str(tiny_model_file), "--port", str(port), "--max-upload-mb", str(MAX_UPLOAD_MB),
+           "--max-pixels", str(MAX_PIXELS),
            "--workers", "1", "--queue", str(QUEUE), "--threads", "2", "--log-level", "warning"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
@@ -72,20 +59,6 @@ def server(tiny_file, tmp_path_factory):
     proc.wait(30)
     # Every refusal in these tests is a 4xx answer: the server must never have failed inside.
     assert "Traceback" not in log.read_text(), log.read_text()
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _jpeg(h: int, w: int, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3)).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(small).resize((w, h), Image.BILINEAR).save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
 
 
 def _png_header_only(w: int, h: int) -> bytes:
@@ -113,7 +86,7 @@ def test_helpers():
         Limits(workers=0)
 
 
-def test_page_models_health_and_schema(server, tiny_file):
+def test_page_models_health_and_schema(server, tiny_model_file):
     url = server["url"]
     page = httpx.get(url + "/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -128,7 +101,7 @@ def test_page_models_health_and_schema(server, tiny_file):
     camvid = fcnseg.load("camvid-fcn8s-lite0")
     assert models[0]["classes"] == camvid.class_names and models[0]["num_classes"] == 11
     assert models[0]["palette"][0] == "#{:02x}{:02x}{:02x}".format(*camvid.palette[0])
-    assert models[1]["classes"] == ["background", "square", "disc"] and models[1]["source"] == str(tiny_file)
+    assert models[1]["classes"] == ["background", "square", "disc"] and models[1]["source"] == str(tiny_model_file)
     health = httpx.get(url + "/healthz").json()
     assert health["status"] == "ok" and health["max_pixels"] == MAX_PIXELS
     assert health["max_upload_bytes"] == MAX_UPLOAD_MB * 2**20 and health["queue"] == QUEUE
@@ -139,7 +112,7 @@ def test_page_models_health_and_schema(server, tiny_file):
     assert "image/png" in responses["200"]["content"]
 
 
-def test_predict_json_and_png_match_the_library(server, tiny_file, tmp_path):
+def test_predict_json_and_png_match_the_library(server, tiny_model_file, tmp_path):
     from fcnseg.export import load_for_inference
     from fcnseg.predict import predict_image
 
@@ -154,7 +127,7 @@ def test_predict_json_and_png_match_the_library(server, tiny_file, tmp_path):
     with Image.open(io.BytesIO(base64.b64decode(body["labels_png"]))) as im:
         assert im.mode == "P" and im.size == (128, 96)
         labels = np.array(im)
-    model = load_for_inference(str(tiny_file), "torch", "cpu")  # loaded as the server loads it
+    model = load_for_inference(str(tiny_model_file), "torch", "cpu")  # loaded as the server loads it
     expected, _ = predict_image(model, np.array(Image.open(path).convert("RGB")))
     assert np.array_equal(labels, expected) and len(np.unique(labels)) >= 2
     shares = {s["name"]: s["share"] for s in body["shares"]}
@@ -175,8 +148,8 @@ def test_predict_json_and_png_match_the_library(server, tiny_file, tmp_path):
 
 def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(server):
     url = server["url"]
-    jpeg = _jpeg(300, 400)
-    too_many = _jpeg(1500, 3000)  # 4.5 Mpixel, a small file
+    jpeg = photo_jpeg(300, 400)
+    too_many = photo_jpeg(1500, 3000)  # 4.5 Mpixel, a small file
     assert len(too_many) < MAX_UPLOAD_MB * 2**20
     cases = [
         ("empty.jpg", b"", 400, "empty.jpg: empty file"),
@@ -219,7 +192,7 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(server):
 
 def test_a_full_queue_answers_503_with_retry_after(server):
     url = server["url"]
-    data = _jpeg(480, 640, seed=3)  # a few tenths of a second each with flip: the burst arrives within one
+    data = photo_jpeg(480, 640, seed=3)  # a few tenths of a second each with flip: the burst arrives within one
 
     def one(_):
         return _post(url, "q.jpg", data, "image/jpeg", data={"flip": "true"})
@@ -329,23 +302,9 @@ def test_browser_upload_shows_overlay_legend_and_shares(server, browser, tmp_pat
     page.close()
 
 
-def _tiny_video(path: Path, n: int = 8, size: tuple[int, int] = (64, 96), fps: int = 8) -> Path:
-    """``n`` frames of a red square moving over a grey gradient, H.264 in MP4 (as tests/test_video.py writes)."""
-    av = pytest.importorskip("av")
-    h, w = size
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.height, s.width, s.pix_fmt = h, w, "yuv420p"
-        for i in range(n):
-            a = np.repeat(np.linspace(40, 200, w)[None, :, None], 3, axis=2).repeat(h, axis=0)
-            a[h // 4:h // 2, 4 * i:4 * i + w // 4] = (220, 30, 30)
-            c.mux(s.encode(av.VideoFrame.from_ndarray(a.astype(np.uint8), format="rgb24")))
-        c.mux(s.encode())
-    return path
-
-
 def test_browser_video_upload_shows_the_overlay_video(server, browser, tmp_path):
-    clip = _tiny_video(tmp_path / "walk.mp4")
+    pytest.importorskip("av")
+    clip = make_clip(tmp_path / "walk.mp4", n=8, fps=8)
     page, problems = _open_page(server, browser)
     assert page.get_attribute("#files", "accept") == "image/*,video/*"
     page.select_option("#model", "tiny")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_shapes
+from helpers import make_shapes
 
 from fcnseg.checkpoint import load_model
 from fcnseg.data import DatasetError, build_dataset, eval_transforms
