@@ -8,7 +8,6 @@ with exit status 2.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from types import ModuleType
 
 
@@ -39,8 +38,9 @@ def require(module: str, extra: str, what: str, package: str | None = None) -> M
 
 
 def available(module: str) -> bool:
-    """Whether ``module`` can be imported (found on the path), without importing it."""
+    """Whether ``module`` imports (it is then imported: what asks is about to use it)."""
     try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package missing, or a module without a spec
+        importlib.import_module(module)
+    except ImportError:
         return False
+    return True
