@@ -23,6 +23,11 @@ accepted (415); images over ``max_pixels`` are refused from their header, before
 most ``workers`` images are decoded and segmented at once, in threads so the event loop stays responsive, with at
 most ``queue`` more waiting; beyond that requests get 503 with ``Retry-After`` instead of piling up in memory.
 Every refusal is JSON ``{"detail": "..."}`` naming the problem, and the server goes on serving.
+
+Parts: ``app`` (``create_app``, ``Limits``, the routes), ``uploads`` (the upload guard), ``workers`` (the bounded
+worker pool and the work of one upload), ``batching`` (dynamic batching), ``loading`` (the models served),
+``schema`` (the JSON bodies), ``pages`` (the page), ``metrics`` (Prometheus), ``video`` (``POST /predict/video``),
+``server`` (uvicorn and the graceful shutdown). Needs the ``serve`` extra: ``pip install 'fcnseg[serve]'``.
 """
 
 from .._optional import require
