@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from functools import cache
 from pathlib import Path
 
@@ -140,3 +141,36 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path = REPO, timeout: floa
     replaces ``-m fcnseg.cli`` (e.g. ``-c CODE``)."""
     return subprocess.run([sys.executable, *python, *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}, timeout=timeout)
+
+
+def start_serve(args: list[str], log: Path, threads: int = 1, limit: float = 90) -> tuple[subprocess.Popen, str]:
+    """``fcnseg serve ARGS`` in a subprocess on a free loopback port, its output in ``log``; returns the process
+    and its URL once ``/readyz`` answers 200 (the models loaded and warmed up), or fails the test with the log."""
+    import httpx
+    import pytest
+
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "fcnseg.cli", "serve", "--port", str(port), *args], cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + limit
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    pytest.fail(f"fcnseg serve did not become ready:\n{log.read_text()}")
+
+
+def post_upload(url: str, name: str, body: bytes, mime: str = "application/octet-stream", timeout: float = 120,
+                **kw):
+    """Uploads ``body`` as the file ``name`` to ``URL/predict``; ``kw`` go to httpx (data= for the other fields,
+    params, headers). Returns the ``httpx.Response``."""
+    import httpx
+
+    return httpx.post(url + "/predict", files={"file": (name, body, mime)}, timeout=timeout, **kw)

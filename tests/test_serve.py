@@ -3,12 +3,10 @@ schemathesis from its OpenAPI schema, by the load-test script and in headless Ch
 
 import base64
 import io
-import os
 import shutil
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import REPO, free_port, make_clip, make_shapes, photo_jpeg
+from helpers import REPO, make_clip, make_shapes, photo_jpeg, post_upload, start_serve
 from PIL import Image
 
 import fcnseg
@@ -32,27 +30,11 @@ MAX_UPLOAD_MB, MAX_PIXELS, QUEUE = 2, 4_000_000, 2
 def server(tiny_model_file, tmp_path_factory):
     """``fcnseg serve`` in a subprocess on a free loopback port, with small limits so that tests can reach them:
     the shipped CamVid model (default) and the tiny model, uploads up to 2 MiB and 4 Mpixel, 1 worker, queue 2."""
-    port = free_port()
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    cmd = [sys.executable, "-m", "fcnseg.cli", "serve", "--model", "camvid-fcn8s-lite0",
-           "--model", str(tiny_model_file), "--port", str(port), "--max-upload-mb", str(MAX_UPLOAD_MB),
-           "--max-pixels", str(MAX_PIXELS),
-           "--workers", "1", "--queue", str(QUEUE), "--threads", "2", "--log-level", "warning"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "2"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"fcnseg serve did not start:\n{log.read_text()}")
-        time.sleep(0.3)
+    proc, url = start_serve(["--model", "camvid-fcn8s-lite0", "--model", str(tiny_model_file),
+                             "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-pixels", str(MAX_PIXELS),
+                             "--workers", "1", "--queue", str(QUEUE), "--threads", "2", "--log-level", "warning"],
+                            log, threads=2)
     yield {"url": url, "proc": proc, "log": log}
     proc.terminate()
     proc.wait(30)
@@ -68,11 +50,6 @@ def _png_header_only(w: int, h: int) -> bytes:
     b[16:24] = struct.pack(">II", w, h)
     b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
     return bytes(b)
-
-
-def _post(url: str, name: str, body: bytes, mime: str = "application/octet-stream", **kw) -> httpx.Response:
-    """Uploads ``body`` as the file ``name``; ``kw`` go to httpx (data= for the other fields, params, headers)."""
-    return httpx.post(url + "/predict", files={"file": (name, body, mime)}, timeout=120, **kw)
 
 
 def test_helpers():
@@ -117,7 +94,7 @@ def test_predict_json_and_png_match_the_library(server, tiny_model_file, tmp_pat
     path = root / "images" / "img000.png"
     data = path.read_bytes()
     # The file name and declared type say text; the content is a PNG, and the content is what counts.
-    r = _post(server["url"], "notes.txt", data, "text/plain", data={"model": "tiny"})
+    r = post_upload(server["url"], "notes.txt", data, "text/plain", data={"model": "tiny"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["model"], body["format"], body["width"], body["height"]) == ("tiny", "PNG", 128, 96)
@@ -134,12 +111,12 @@ def test_predict_json_and_png_match_the_library(server, tiny_model_file, tmp_pat
     assert body["ms"] > 0 and body["queue_ms"] >= 0
     # The label PNG itself, asked for by query or by Accept header.
     for kw in ({"params": {"format": "png"}}, {"headers": {"Accept": "image/png"}}):
-        r = _post(server["url"], "x.png", data, data={"model": "tiny"}, **kw)
+        r = post_upload(server["url"], "x.png", data, data={"model": "tiny"}, **kw)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png", kw
         assert 'filename="x_labels.png"' in r.headers["content-disposition"]
         assert np.array_equal(np.array(Image.open(io.BytesIO(r.content))), expected)
     # max_size: segmented small, returned at full size.
-    r = _post(server["url"], "x.png", data, data={"model": "tiny", "max_size": "64", "flip": "true"})
+    r = post_upload(server["url"], "x.png", data, data={"model": "tiny", "max_size": "64", "flip": "true"})
     assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (128, 96)
 
 
@@ -160,7 +137,7 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(server):
         ("huge.jpg", jpeg + b"\0" * (MAX_UPLOAD_MB * 2**20), 413, "upload too large"),
     ]
     for name, data, status, message in cases:
-        r = _post(url, name, data, "image/jpeg")
+        r = post_upload(url, name, data, "image/jpeg")
         assert r.status_code == status, (name, r.text)
         assert message in r.json()["detail"], (name, r.json())
         assert httpx.get(url + "/healthz").status_code == 200
@@ -177,13 +154,13 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(server):
               ({"max_size": "8"}, "max_size: Input should be greater than or equal to 32"),
               ({"flip": "perhaps"}, "flip:")]
     for data, message in fields:
-        r = _post(url, "a.jpg", jpeg, data=data)
+        r = post_upload(url, "a.jpg", jpeg, data=data)
         assert r.status_code == 422 and message in r.json()["detail"], r.text
     r = httpx.post(url + "/predict", data={"model": "tiny"})
     assert r.status_code == 422 and r.json()["detail"] == "file: Field required"
     r = httpx.post(url + "/predict", content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=z"})
     assert r.status_code == 400
-    r = _post(url, "fine.jpg", jpeg, "image/jpeg", data={"model": "tiny"})
+    r = post_upload(url, "fine.jpg", jpeg, "image/jpeg", data={"model": "tiny"})
     assert r.status_code == 200 and r.json()["width"] == 400
 
 
@@ -192,7 +169,7 @@ def test_a_full_queue_answers_503_with_retry_after(server):
     data = photo_jpeg(480, 640, seed=3)  # a few tenths of a second each with flip: the burst arrives within one
 
     def one(_):
-        return _post(url, "q.jpg", data, "image/jpeg", data={"flip": "true"})
+        return post_upload(url, "q.jpg", data, "image/jpeg", data={"flip": "true"})
 
     with ThreadPoolExecutor(10) as pool:
         responses = list(pool.map(one, range(10)))
@@ -270,7 +247,7 @@ def test_browser_upload_shows_overlay_legend_and_shares(server, browser, tmp_pat
     assert sorted(names) == sorted(fcnseg.load("camvid-fcn8s-lite0").class_names)
     assert sum(shares) == pytest.approx(1.0, abs=1e-3) and shares == sorted(shares, reverse=True)
     # The page shows what the API computes for the same photo and options (size 1024 > 751: full size).
-    api = _post(server["url"], "leuvenA.jpg", DEMO.read_bytes(), "image/jpeg").json()
+    api = post_upload(server["url"], "leuvenA.jpg", DEMO.read_bytes(), "image/jpeg").json()
     top = max(api["shares"], key=lambda s: s["share"])
     assert names[0] == top["name"] and f"{100 * top['share']:.1f}%" in legend.first.inner_text()
     assert "751×563 JPEG" in card.locator(".timing").inner_text() and " ms" in card.locator(".timing").inner_text()

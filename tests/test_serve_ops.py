@@ -2,10 +2,8 @@
 shutdown (SIGTERM) that answers every admitted request before the process exits."""
 
 import io
-import os
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import REPO, free_port, photo_jpeg
+from helpers import photo_jpeg, post_upload, start_serve
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -22,25 +20,8 @@ from fcnseg.serve import create_app, load_models
 
 
 def _start(tiny_model_file: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "fcnseg.cli", "serve", "--model", str(tiny_model_file), "--port", str(port),
-           "--workers", "1", "--queue", "2", "--threads", "1", "--log-level", "warning", "--drain-timeout", "60",
-           *extra]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):  # up to ~90 s
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.3)
-    proc.kill()
-    pytest.fail(f"fcnseg serve did not become ready:\n{log.read_text()}")
+    return start_serve(["--model", str(tiny_model_file), "--workers", "1", "--queue", "2", "--threads", "1",
+                        "--log-level", "warning", "--drain-timeout", "60", *extra], log)
 
 
 def _scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -51,8 +32,8 @@ def _scrape(url: str) -> dict[tuple[str, tuple], float]:
             for fam in text_string_to_metric_families(r.text) for s in fam.samples}
 
 
-def _post(url: str, body: bytes, name: str = "x.jpg") -> httpx.Response:
-    return httpx.post(url + "/predict", files={"file": (name, body, "image/jpeg")}, timeout=300)
+def _post(url: str, body: bytes, name: str = "x.jpg"):
+    return post_upload(url, name, body, "image/jpeg", timeout=300)
 
 
 def test_metrics_under_load_then_graceful_shutdown(tiny_model_file, tmp_path):
