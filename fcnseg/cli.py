@@ -9,6 +9,7 @@ import time
 import traceback
 from pathlib import Path
 
+from ._optional import MissingExtra, require
 from .pretrained import DEFAULT_MODEL
 
 
@@ -71,6 +72,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .runtime.device import resolve_amp
     from .runtime.distributed import finish_distributed, setup_distributed
 
+    if args.report:  # before the evaluation, not after it
+        require("matplotlib", extra="report", what="fcnseg evaluate --report")
     rank, world, device = setup_distributed(args.device)
     torch.set_num_threads(args.threads) if args.threads else None
     model = load(args.model, device=device)
@@ -286,10 +289,24 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `fcnseg` parser: `--debug` and one subcommand, each added by its `_add_<command>` below."""
     p = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_models(sub)
+    _add_demo(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_data(sub)
+    _add_predict(sub)
+    _add_export(sub)
+    _add_serve(sub)
+    _add_push(sub)
+    return p
 
+
+def _add_models(sub) -> None:
+    """``fcnseg models``: architectures and backbones with parameter counts (and forward times)."""
     m = sub.add_parser("models", help="list architectures and backbones with parameter counts")
     m.add_argument("--backbone", action="append", help="only this backbone (repeatable)")
     m.add_argument("--num-classes", type=int, default=21)
@@ -299,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int, default=2)
     m.set_defaults(func=_cmd_models)
 
+
+def _add_demo(sub) -> None:
+    """``fcnseg demo``: the shipped CamVid model on street photos, or the convolutionalized classifier."""
     d = sub.add_parser("demo", help="the shipped CamVid model on street photos (--classifier: a convolutionalized "
                                     "ImageNet classifier)")
     d.add_argument("--out", default="outputs/demo")
@@ -306,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=int, default=2)
     d.set_defaults(func=_cmd_demo)
 
+
+def _add_train(sub) -> None:
+    """``fcnseg train``: a YAML config with key=value overrides."""
     t = sub.add_parser("train", help="train an FCN from a YAML config (key=value overrides)",
                        description="Train an FCN. Config keys are documented in fcnseg.train.TrainConfig.")
     t.add_argument("--config", help="YAML config (configs/*.yaml)")
@@ -316,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=10 lr=1e-3")
     t.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate(sub) -> None:
+    """``fcnseg evaluate``: the paper's four metrics of a model on a dataset split."""
     e = sub.add_parser("evaluate", help="pixel acc, mean acc, mean IU, fw IU of a model on a dataset")
     e.add_argument("--model", required=True, help="a pretrained model name or a .safetensors file")
     e.add_argument("--dataset", required=True, help="camvid, voc, sbd, cityscapes, ade20k, folder or multilabel")
@@ -338,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "foreground (default: the one stored with the model)")
     e.set_defaults(func=_cmd_evaluate)
 
+
+def _add_data(sub) -> None:
+    """``fcnseg data check``: every image and mask of a split read and summarised."""
     dt = sub.add_parser("data", help="inspect a dataset: fcnseg data check --dataset D --root R [--split S]")
     dsub = dt.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("check", help="read every image and mask; print sizes, mask values, the label mapping, "
@@ -348,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dataset-options", help='extra dataset arguments as JSON, e.g. \'{"snap": true}\'')
     c.set_defaults(func=_cmd_data_check)
 
+
+def _add_predict(sub) -> None:
+    """``fcnseg predict``: images (label PNGs, overlays, probabilities) or videos (overlay videos)."""
     r = sub.add_parser("predict", help="segment images: label PNGs, overlays, probabilities, class shares")
     r.add_argument("inputs", nargs="*", help="image files, folders of images, glob patterns, or video files "
                    "(.mp4 .mkv .avi .webm .mov ...: writes NAME_overlay.mp4 and NAME_frames.csv)")
@@ -388,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge DIR's summary-shard-*.json into DIR/summary.json and exit")
     r.set_defaults(func=_cmd_predict)
 
+
+def _add_export(sub) -> None:
+    """``fcnseg export``: ONNX or TorchScript, verified against PyTorch."""
     x = sub.add_parser("export", help="export a model to ONNX (dynamic batch, height, width) or TorchScript")
     x.add_argument("--model", default=DEFAULT_MODEL, help="a pretrained name or a .safetensors file")
     x.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
@@ -395,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-verify", action="store_true", help="skip comparing outputs with PyTorch on 4 sizes")
     x.set_defaults(func=_cmd_export)
 
+
+def _add_serve(sub) -> None:
+    """``fcnseg serve``: the web app and its JSON/PNG API, with its limits."""
     s = sub.add_parser("serve", help="a local web app and JSON/PNG API: drop images, see the overlay and shares")
     s.add_argument("--model", action="append", help="a pretrained name, a .safetensors or an .onnx file "
                    f"(repeatable; the first is the default; default: {DEFAULT_MODEL})")
@@ -417,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM/Ctrl-C, seconds to finish admitted requests before exiting anyway")
     s.set_defaults(func=_cmd_serve)
 
+
+def _add_push(sub) -> None:
+    """``fcnseg push``: a model to the Hugging Face Hub."""
     h = sub.add_parser("push", help="upload a model to the Hugging Face Hub as config.json, model.safetensors and "
                                     "README.md (needs huggingface_hub and a token)")
     h.add_argument("--model", required=True, help="a Hub-style folder, a .safetensors file or a pretrained name")
@@ -426,7 +467,6 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--message", help="commit message")
     h.add_argument("--dry-run", action="store_true", help="list the exact files and sizes; send nothing")
     h.set_defaults(func=_cmd_push)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -434,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as e:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError, MissingExtra) as e:
         if args.debug:
             traceback.print_exc()
         for problem in getattr(e, "problems", []):  # every bad pair, when none was usable (--skip-bad)

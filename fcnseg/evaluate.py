@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from ._optional import available, require
 from .data.palettes import label_image
 from .io.atomic import atomic_write
 from .metrics import ConfusionMatrix, MultilabelConfusion, boundary_band, per_image_scores
@@ -184,6 +186,10 @@ def write_report(result: dict, out: str | Path) -> None:
     # NaN (a class that never occurs) is written as null: JSON has no NaN.
     text = json.dumps(_nan_to_none(data), indent=1)
     atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(text))
+    if not available("matplotlib"):  # the report extra; training and evaluating work without it
+        warnings.warn("matplotlib is not installed: metrics.json without plots (pip install 'fcnseg[report]')",
+                      stacklevel=2)
+        return
     if result.get("task") != "multilabel":  # a multilabel result has K two-by-two matrices
         plot_confusion(result, out / "confusion_matrix.png")
     plot_per_class_iu(result, out / "per_class_iu.png")
@@ -199,21 +205,21 @@ def _nan_to_none(v):
     return v
 
 
-def _save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
+def _pyplot():
+    """matplotlib's pyplot drawing into files only (the Agg backend: no display needed)."""
+    require("matplotlib", extra="report", what="plotting the metrics").use("Agg")
+    return require("matplotlib.pyplot", extra="report", what="plotting the metrics")
 
+
+def _save_figure(fig, path: Path) -> None:
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
-        plt.close(fig)
+        _pyplot().close(fig)
 
 
 def plot_confusion(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     mat = np.asarray(result["confusion"], dtype=np.float64)
     rows = mat / np.maximum(mat.sum(1, keepdims=True), 1)  # each true class's row sums to 1
     names = result["class_names"]
@@ -239,11 +245,7 @@ def plot_confusion(result: dict, path: Path) -> None:
 
 
 def plot_per_class_iu(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = result["class_names"]
     iu = [0.0 if v is None or math.isnan(v) else 100 * v for v in result["per_class_iu"]]
     fig, ax = plt.subplots(figsize=(2 + 0.45 * len(names), 4))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._optional import require
 from .data.palettes import default_palette
 from .io.atomic import atomic_write
 from .io.modelfile import FORMAT
@@ -51,8 +52,7 @@ def export_onnx(model: FCN, path: str | os.PathLike, opset: int = 17) -> Path:
         path: the ``.onnx`` file to write (atomically).
         opset: ONNX operator set (17 runs on ONNX Runtime 1.14 and newer).
     """
-    import onnx
-
+    onnx = require("onnx", extra="onnx", what="exporting to ONNX")
     m = _traceable(model)
     x = torch.rand(1, model.in_channels, *TRACE_SIZE)
     dynamic = {0: "batch", 2: "height", 3: "width"}
@@ -114,8 +114,7 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
-        import onnxruntime as ort
-
+        ort = require("onnxruntime", extra="onnx", what="running ONNX models")
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX model file")

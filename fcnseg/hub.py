@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ._optional import require
 from .io.atomic import atomic_write
 from .io.modelfile import load_model, read_model_metadata, save_model
 
@@ -123,10 +124,7 @@ def parse_hf(spec: str) -> tuple[str, str | None]:
 def download(spec: str) -> Path:
     """The local snapshot folder of ``hf://ORG/NAME[@REV]`` (fetched into, or found in, the Hugging Face cache)."""
     repo, rev = parse_hf(spec)
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ImportError(f"{spec}: loading from the Hub needs huggingface_hub (pip install 'fcnseg[hub]')") from None
+    snapshot_download = require("huggingface_hub", extra="hub", what=f"{spec}: loading from the Hub").snapshot_download
     try:
         return Path(snapshot_download(repo, revision=rev, allow_patterns=list(HUB_FILES)))
     except Exception as e:  # huggingface_hub raises many types (offline, not found, gated, network)
@@ -227,11 +225,7 @@ def push(model_spec, repo: str, *, dry_run: bool = False, revision: str | None =
     folder, files = hub_files(model_spec, staging)
     if dry_run:
         return files
-    try:
-        from huggingface_hub import HfApi
-    except ImportError:
-        raise ImportError("fcnseg push needs huggingface_hub (pip install 'fcnseg[hub]')") from None
-    api = HfApi()
+    api = require("huggingface_hub", extra="hub", what="fcnseg push").HfApi()
     api.create_repo(repo, private=private, exist_ok=True)
     api.upload_folder(repo_id=repo, folder_path=str(folder), allow_patterns=[f.name for f in files],
                       revision=revision, commit_message=message or f"fcnseg push {folder.name}")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._optional import require
 from .data.images import to_float
 from .data.palettes import label_image, overlay
 from .models.inference import TILE, label_dtype, predict_image, probabilities
@@ -39,11 +40,7 @@ class VideoError(ValueError):
 
 
 def _av():
-    try:
-        import av
-    except ImportError as e:  # an optional extra
-        raise RuntimeError("reading videos needs PyAV: pip install 'fcnseg[video]' (or pip install av)") from e
-    return av
+    return require("av", extra="video", what="reading and writing videos")
 
 
 def is_video(path: str | os.PathLike) -> bool:

@@ -4,20 +4,16 @@ and nothing half-written. Images that are unusual but valid (16-bit, palette, RG
 go through and come out right. Config files with wrong types, unknown keys or bad YAML, and missing folders,
 are named in one line too."""
 
-import io
 import json
-import os
 import shutil
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_shapes, save_shapes_model
+from helpers import jpeg_bytes, make_shapes, png_bytes, run_cli
 from PIL import Image
 
 import fcnseg
@@ -28,23 +24,6 @@ from fcnseg.io.atomic import stale_temp_files
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (48, 64)  # make_shapes' (H, W)
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fcnseg.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=300)
-
-
-def _jpeg_bytes(rgb: np.ndarray, **kw) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=90, **kw)
-    return buf.getvalue()
-
-
-def _png_bytes(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def png_bomb(w: int, h: int) -> bytes:
@@ -63,8 +42,8 @@ def png_bomb(w: int, h: int) -> bytes:
 BAD_IMAGES = {
     "zero-byte PNG": (".png", lambda rgb: b"", "empty file (0 bytes)"),
     "zero-byte JPEG": (".jpg", lambda rgb: b"", "empty file (0 bytes)"),
-    "truncated PNG": (".png", lambda rgb: _png_bytes(Image.fromarray(rgb))[:400], "cannot read image"),
-    "truncated JPEG": (".jpg", lambda rgb: _jpeg_bytes(rgb)[:-300], "cannot read image (image file is truncated"),
+    "truncated PNG": (".png", lambda rgb: png_bytes(Image.fromarray(rgb))[:400], "cannot read image"),
+    "truncated JPEG": (".jpg", lambda rgb: jpeg_bytes(rgb)[:-300], "cannot read image (image file is truncated"),
     "text named .png": (".png", lambda rgb: b"this is not a picture\n", "cannot read image (cannot identify"),
     "decompression bomb": (".png", lambda rgb: png_bomb(12_000, 9_000), "12000x9000 is 108 Mpixel, more than"),
 }
@@ -104,12 +83,6 @@ def _break_mask(root: Path, kind: str, name: str = "img002") -> Path:
     else:
         made.save(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    """A 3-class FCN-8s (random weights) for evaluate and predict."""
-    return save_shapes_model(tmp_path_factory.mktemp("model") / "m.safetensors")
 
 
 def _train_args(root: Path, out: Path) -> list[str]:
@@ -155,17 +128,17 @@ def _train_and_evaluate_stop(capsys, tmp_path: Path, root: Path, model_file: Pat
 
 
 @pytest.mark.parametrize("kind", list(BAD_IMAGES))
-def test_bad_images_stop_train_and_evaluate_with_one_line(tmp_path, capsys, model_file, kind):
+def test_bad_images_stop_train_and_evaluate_with_one_line(tmp_path, capsys, tiny_model_file, kind):
     root = _shapes(tmp_path / "data")
     bad = _break_image(root, kind)
-    _train_and_evaluate_stop(capsys, tmp_path, root, model_file, bad, BAD_IMAGES[kind][2], debug=True)
+    _train_and_evaluate_stop(capsys, tmp_path, root, tiny_model_file, bad, BAD_IMAGES[kind][2], debug=True)
 
 
 @pytest.mark.parametrize("kind", list(BAD_MASKS))
-def test_bad_masks_stop_train_and_evaluate_with_one_line(tmp_path, capsys, model_file, kind):
+def test_bad_masks_stop_train_and_evaluate_with_one_line(tmp_path, capsys, tiny_model_file, kind):
     root = _shapes(tmp_path / "data")
     bad = _break_mask(root, kind)
-    _train_and_evaluate_stop(capsys, tmp_path, root, model_file, bad, BAD_MASKS[kind][1])
+    _train_and_evaluate_stop(capsys, tmp_path, root, tiny_model_file, bad, BAD_MASKS[kind][1])
 
 
 def test_skip_bad_drops_every_kind_and_names_each(tmp_path):
@@ -179,7 +152,7 @@ def test_skip_bad_drops_every_kind_and_names_each(tmp_path):
         assert problem.startswith(f"{path}: ")
 
 
-def test_predict_skips_bad_files_writes_the_rest_and_exits_1(tmp_path, model_file):
+def test_predict_skips_bad_files_writes_the_rest_and_exits_1(tmp_path, tiny_model_file):
     """Through the real command line (a subprocess): one line per bad file, the good images written."""
     src = _shapes(tmp_path / "data")
     inputs = tmp_path / "in"
@@ -192,7 +165,7 @@ def test_predict_skips_bad_files_writes_the_rest_and_exits_1(tmp_path, model_fil
         path.write_bytes(make(rgb))
         bad[path] = message
     out = tmp_path / "out"
-    r = _cli("predict", str(inputs), "--model", str(model_file), "--out", str(out), "--quiet")
+    r = run_cli("predict", str(inputs), "--model", str(tiny_model_file), "--out", str(out), "--quiet")
     assert r.returncode == 1, r.stderr
     lines = r.stderr.strip().splitlines()
     assert lines[-1] == f"fcnseg: {len(bad)} of {len(bad) + 1} images failed"
@@ -205,14 +178,14 @@ def test_predict_skips_bad_files_writes_the_rest_and_exits_1(tmp_path, model_fil
     assert len(json.loads((out / "summary.json").read_text())["errors"]) == len(bad)
 
 
-def test_real_command_line_one_line_and_debug_traceback(tmp_path, model_file):
+def test_real_command_line_one_line_and_debug_traceback(tmp_path, tiny_model_file):
     root = _shapes(tmp_path / "data")
     bad = _break_image(root, "truncated JPEG")
-    r = _cli(*_train_args(root, tmp_path / "run"))
+    r = run_cli(*_train_args(root, tmp_path / "run"))
     assert r.returncode == 2
     _one_clear_line(r.stderr, bad, "image file is truncated")
     _nothing_written(tmp_path / "run")
-    r = _cli("--debug", *_eval_args(root, tmp_path / "eval", model_file))
+    r = run_cli("--debug", *_eval_args(root, tmp_path / "eval", tiny_model_file))
     assert r.returncode == 2 and "Traceback (most recent call last)" in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(f"fcnseg: error: {bad}: cannot read image")
     _nothing_written(tmp_path / "eval")
@@ -265,13 +238,13 @@ def test_unusual_images_train_and_read_right(tmp_path, capsys):
     assert (out / "model.safetensors").is_file() and not stale_temp_files(out)
 
 
-def test_unusual_images_predict_right_including_exif_rotation(tmp_path, model_file, capsys):
+def test_unusual_images_predict_right_including_exif_rotation(tmp_path, tiny_model_file, capsys):
     rgb = np.asarray(Image.open(_shapes(tmp_path / "data") / "images" / "img000.png").convert("RGB"))
     files = _unusual(rgb, tmp_path / "in")
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     Image.fromarray(rgb).save(tmp_path / "in" / "exif6.jpg", exif=exif, quality=95)
-    model = fcnseg.load(model_file)
+    model = fcnseg.load(tiny_model_file)
     from fcnseg.predict import read_image
 
     upright = read_image(tmp_path / "in" / "exif6.jpg")
@@ -282,7 +255,7 @@ def test_unusual_images_predict_right_including_exif_rotation(tmp_path, model_fi
     assert right < 12 < 30 < wrong  # JPEG noise against a wrong turn
     for kind, (path, expected, tol) in files.items():
         assert np.abs(read_image(path).astype(int) - expected).mean() <= tol, kind
-    code, err = _run_main(capsys, ["predict", str(tmp_path / "in"), "--model", str(model_file), "--out",
+    code, err = _run_main(capsys, ["predict", str(tmp_path / "in"), "--model", str(tiny_model_file), "--out",
                                    str(tmp_path / "out"), "--quiet"])
     assert code == 0, err
     for path in [*(p for p, _, _ in files.values()), tmp_path / "in" / "exif6.jpg"]:
@@ -324,21 +297,21 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
     assert load_config(cfg).lr == 0.001
 
 
-def test_missing_config_and_folders(tmp_path, capsys, model_file):
+def test_missing_config_and_folders(tmp_path, capsys, tiny_model_file):
     code, err = _run_main(capsys, ["train", "--config", str(tmp_path / "none.yaml")])
     assert code == 2
     _one_clear_line(err, tmp_path / "none.yaml", "config file does not exist")
     code, err = _run_main(capsys, _train_args(tmp_path / "nodata", tmp_path / "run"))
     assert code == 2
     _one_clear_line(err, tmp_path / "nodata", "dataset folder does not exist")
-    code, err = _run_main(capsys, _eval_args(tmp_path / "nodata", tmp_path / "eval", model_file))
+    code, err = _run_main(capsys, _eval_args(tmp_path / "nodata", tmp_path / "eval", tiny_model_file))
     assert code == 2
     _one_clear_line(err, tmp_path / "nodata", "dataset folder does not exist")
     (tmp_path / "empty").mkdir()
     code, err = _run_main(capsys, _train_args(tmp_path / "empty", tmp_path / "run"))
     assert code == 2
     _one_clear_line(err, tmp_path / "empty" / "images", "image folder is missing")
-    code, err = _run_main(capsys, ["predict", str(tmp_path / "nothing"), "--model", str(model_file), "--out",
+    code, err = _run_main(capsys, ["predict", str(tmp_path / "nothing"), "--model", str(tiny_model_file), "--out",
                                    str(tmp_path / "p"), "--quiet"])
     assert code == 1 and f"{tmp_path / 'nothing'}: no such image file" in err
     code, err = _run_main(capsys, ["evaluate", "--model", str(tmp_path / "no.safetensors"), "--dataset", "folder",

@@ -4,7 +4,7 @@ stored with the model, grey and 4-band files read as such, and a grey model trai
 import numpy as np
 import pytest
 import torch
-from conftest import make_shapes
+from helpers import make_shapes
 from PIL import Image
 from torch import nn
 

@@ -1,13 +1,8 @@
-import subprocess
-import sys
-
-
-def _run(*args):
-    return subprocess.run([sys.executable, "-m", "fcnseg.cli", *args], capture_output=True, text=True, timeout=300)
+from helpers import run_cli
 
 
 def test_models_lists_parameter_counts():
-    r = _run("models", "--backbone", "resnet18", "--num-classes", "11")
+    r = run_cli("models", "--backbone", "resnet18", "--num-classes", "11")
     assert r.returncode == 0, r.stderr
     rows = [line.split() for line in r.stdout.splitlines()[1:]]
     assert [row[1] for row in rows] == ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
@@ -15,7 +10,7 @@ def test_models_lists_parameter_counts():
 
 
 def test_unknown_backbone_is_one_clear_line_and_exit_2():
-    r = _run("models", "--backbone", "vgg19")
+    r = run_cli("models", "--backbone", "vgg19")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert "unknown backbone 'vgg19'; valid backbones: vgg16, alexnet" in r.stderr

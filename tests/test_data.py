@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_shapes
+from helpers import make_shapes
 from PIL import Image
 
 from fcnseg.data import DatasetError, build_dataset, pad_collate, train_transforms

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import save_shapes_model
+from helpers import save_shapes_model
 from PIL import Image
 
 import fcnseg

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_shapes
+from helpers import make_shapes
 
 from fcnseg.data import build_dataset, eval_transforms, train_transforms
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_shapes
+from helpers import make_shapes
 from safetensors.torch import load_file
 from test_train import _args, tiny
 

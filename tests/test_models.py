@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import cached_model
+from helpers import cached_model
 
 import fcnseg
 from fcnseg.models import count_parameters

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_shapes
+from helpers import free_port, make_shapes
 from safetensors.torch import load_file
 from test_faults import _steps_logged
-from test_serve import _free_port
 from test_train import _args, tiny
 
 from fcnseg.io.atomic import stale_temp_files
@@ -39,7 +38,7 @@ def _two_nodes(cfg: dict, log_dir: Path, *extra: str, program: list[str] = CLI
                ) -> tuple[list[subprocess.Popen], list[Path]]:
     """Starts both launchers together; node 0 hosts the c10d rendezvous store on a free loopback port.
     ``program``: what each worker runs (default ``fcnseg train``; the faults tests' runner with its options)."""
-    port, run_id = _free_port(), uuid.uuid4().hex[:8]
+    port, run_id = free_port(), uuid.uuid4().hex[:8]
     procs, logs = [], []
     for rank in (0, 1):
         logs.append(log_dir / f"node{rank}.log")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import make_shapes
+from helpers import make_shapes
 from PIL import Image
 
 from fcnseg.data import DatasetError

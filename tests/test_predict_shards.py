@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import save_shapes_model
+from helpers import free_port, save_shapes_model
 from PIL import Image
 
 from fcnseg.cli import main
@@ -105,16 +105,13 @@ def test_shard_arguments():
 
 def test_torchrun_processes_split_the_work_and_rank0_merges(setup, tmp_path):
     import os
-    import socket
     import subprocess
     import sys
 
     root, model = setup
     single, out = tmp_path / "single", tmp_path / "torchrun"
     _predict(root, model, single)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port), "-m", "fcnseg.cli", "predict", str(root / "a"), str(root / "b"), "--model",
            str(model), "--out", str(out), "--tile", "64", "--overlap", "16", "--probs", "--quiet", "--device", "cpu"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_shapes, save_shapes_model
+from helpers import make_shapes
 from PIL import Image
 
 import fcnseg
@@ -63,15 +63,10 @@ def _mean_iu(truth: np.ndarray, pred: np.ndarray, n: int) -> float:
     return float(np.mean(ius))
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    return save_shapes_model(tmp_path_factory.mktemp("model") / "m.safetensors")
-
-
-def test_evaluate_report_is_one_page_with_metrics_bars_confusion_and_worst_images(tmp_path, model_file):
+def test_evaluate_report_is_one_page_with_metrics_bars_confusion_and_worst_images(tmp_path, tiny_model_file):
     root = make_shapes(tmp_path / "shapes", n=16, splits=True)  # 4 validation images
     out = tmp_path / "eval"
-    r = subprocess.run([sys.executable, "-m", "fcnseg.cli", "evaluate", "--model", str(model_file), "--dataset",
+    r = subprocess.run([sys.executable, "-m", "fcnseg.cli", "evaluate", "--model", str(tiny_model_file), "--dataset",
                         "folder", "--root", str(root), "--split", "val", "--out", str(out), "--save-predictions",
                         "--report", "--report-worst", "3"], capture_output=True, text=True, cwd=REPO,
                        env={**os.environ, "OMP_NUM_THREADS": "2"})
@@ -108,7 +103,7 @@ def test_evaluate_report_is_one_page_with_metrics_bars_confusion_and_worst_image
     assert [i["alt"] for i in thumbs] == ["image", "ground truth", "prediction"] * 3
     shown = [t for t in page.text if t.startswith("img0")]
     assert shown == worst
-    palette = fcnseg.load(model_file).palette  # the report draws with the model's colours
+    palette = fcnseg.load(tiny_model_file).palette  # the report draws with the model's colours
     for k, name in enumerate(worst):
         photo, truth_im, pred_im = (_decode(thumbs[3 * k + j]["src"]) for j in range(3))
         assert photo.size == truth_im.size == pred_im.size == (64, 48)  # small images are not enlarged

@@ -3,13 +3,10 @@ schemathesis from its OpenAPI schema, by the load-test script and in headless Ch
 
 import base64
 import io
-import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,73 +14,32 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import make_shapes, save_shapes_model
+from helpers import REPO, make_clip, make_shapes, photo_jpeg, post_upload, start_serve
 from PIL import Image
 
 import fcnseg
-from fcnseg.serve import Limits, _prefers_png, _safe_name, is_loopback
+from fcnseg.serve import Limits, is_loopback
+from fcnseg.serve.app import prefers_png
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "fcnseg" / "demo_images" / "leuvenA.jpg"
 CHROMIUM = Path("/usr/bin/chromium")
 MAX_UPLOAD_MB, MAX_PIXELS, QUEUE = 2, 4_000_000, 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory) -> Path:
-    """A 3-class FCN-8s with random score layers (its labels vary across an image), saved as a model file."""
-    return save_shapes_model(tmp_path_factory.mktemp("serve-model") / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_file, tmp_path_factory):
+def server(tiny_model_file, tmp_path_factory):
     """``fcnseg serve`` in a subprocess on a free loopback port, with small limits so that tests can reach them:
     the shipped CamVid model (default) and the tiny model, uploads up to 2 MiB and 4 Mpixel, 1 worker, queue 2."""
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    cmd = [sys.executable, "-m", "fcnseg.cli", "serve", "--model", "camvid-fcn8s-lite0", "--model", str(tiny_file),
-           "--port", str(port), "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-pixels", str(MAX_PIXELS),
-           "--workers", "1", "--queue", str(QUEUE), "--threads", "2", "--log-level", "warning"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "2"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"fcnseg serve did not start:\n{log.read_text()}")
-        time.sleep(0.3)
+    proc, url = start_serve(["--model", "camvid-fcn8s-lite0", "--model", str(tiny_model_file),
+                             "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-pixels", str(MAX_PIXELS),
+                             "--workers", "1", "--queue", str(QUEUE), "--threads", "2", "--log-level", "warning"],
+                            log, threads=2)
     yield {"url": url, "proc": proc, "log": log}
     proc.terminate()
     proc.wait(30)
     # Every refusal in these tests is a 4xx answer: the server must never have failed inside.
     assert "Traceback" not in log.read_text(), log.read_text()
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _jpeg(h: int, w: int, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3)).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(small).resize((w, h), Image.BILINEAR).save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
 
 
 def _png_header_only(w: int, h: int) -> bytes:
@@ -96,22 +52,15 @@ def _png_header_only(w: int, h: int) -> bytes:
     return bytes(b)
 
 
-def _post(url: str, name: str, body: bytes, mime: str = "application/octet-stream", **kw) -> httpx.Response:
-    """Uploads ``body`` as the file ``name``; ``kw`` go to httpx (data= for the other fields, params, headers)."""
-    return httpx.post(url + "/predict", files={"file": (name, body, mime)}, timeout=120, **kw)
-
-
 def test_helpers():
-    assert _safe_name("C:\\photos\\a b.jpg") == "a b.jpg" and _safe_name("../../x\u202e.png") == "x_.png"
-    assert _safe_name("") == "upload" and _safe_name(None) == "upload"
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
-    assert _prefers_png("image/png") and not _prefers_png("application/json, image/png") and not _prefers_png("*/*")
+    assert prefers_png("image/png") and not prefers_png("application/json, image/png") and not prefers_png("*/*")
     with pytest.raises(ValueError, match="workers must be at least 1"):
         Limits(workers=0)
 
 
-def test_page_models_health_and_schema(server, tiny_file):
+def test_page_models_health_and_schema(server, tiny_model_file):
     url = server["url"]
     page = httpx.get(url + "/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -126,7 +75,7 @@ def test_page_models_health_and_schema(server, tiny_file):
     camvid = fcnseg.load("camvid-fcn8s-lite0")
     assert models[0]["classes"] == camvid.class_names and models[0]["num_classes"] == 11
     assert models[0]["palette"][0] == "#{:02x}{:02x}{:02x}".format(*camvid.palette[0])
-    assert models[1]["classes"] == ["background", "square", "disc"] and models[1]["source"] == str(tiny_file)
+    assert models[1]["classes"] == ["background", "square", "disc"] and models[1]["source"] == str(tiny_model_file)
     health = httpx.get(url + "/healthz").json()
     assert health["status"] == "ok" and health["max_pixels"] == MAX_PIXELS
     assert health["max_upload_bytes"] == MAX_UPLOAD_MB * 2**20 and health["queue"] == QUEUE
@@ -137,7 +86,7 @@ def test_page_models_health_and_schema(server, tiny_file):
     assert "image/png" in responses["200"]["content"]
 
 
-def test_predict_json_and_png_match_the_library(server, tiny_file, tmp_path):
+def test_predict_json_and_png_match_the_library(server, tiny_model_file, tmp_path):
     from fcnseg.models.inference import predict_image
     from fcnseg.predict import load_for_inference
 
@@ -145,14 +94,14 @@ def test_predict_json_and_png_match_the_library(server, tiny_file, tmp_path):
     path = root / "images" / "img000.png"
     data = path.read_bytes()
     # The file name and declared type say text; the content is a PNG, and the content is what counts.
-    r = _post(server["url"], "notes.txt", data, "text/plain", data={"model": "tiny"})
+    r = post_upload(server["url"], "notes.txt", data, "text/plain", data={"model": "tiny"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["model"], body["format"], body["width"], body["height"]) == ("tiny", "PNG", 128, 96)
     with Image.open(io.BytesIO(base64.b64decode(body["labels_png"]))) as im:
         assert im.mode == "P" and im.size == (128, 96)
         labels = np.array(im)
-    model = load_for_inference(str(tiny_file), "torch", "cpu")  # loaded as the server loads it
+    model = load_for_inference(str(tiny_model_file), "torch", "cpu")  # loaded as the server loads it
     expected, _ = predict_image(model, np.array(Image.open(path).convert("RGB")))
     assert np.array_equal(labels, expected) and len(np.unique(labels)) >= 2
     shares = {s["name"]: s["share"] for s in body["shares"]}
@@ -162,19 +111,19 @@ def test_predict_json_and_png_match_the_library(server, tiny_file, tmp_path):
     assert body["ms"] > 0 and body["queue_ms"] >= 0
     # The label PNG itself, asked for by query or by Accept header.
     for kw in ({"params": {"format": "png"}}, {"headers": {"Accept": "image/png"}}):
-        r = _post(server["url"], "x.png", data, data={"model": "tiny"}, **kw)
+        r = post_upload(server["url"], "x.png", data, data={"model": "tiny"}, **kw)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png", kw
         assert 'filename="x_labels.png"' in r.headers["content-disposition"]
         assert np.array_equal(np.array(Image.open(io.BytesIO(r.content))), expected)
     # max_size: segmented small, returned at full size.
-    r = _post(server["url"], "x.png", data, data={"model": "tiny", "max_size": "64", "flip": "true"})
+    r = post_upload(server["url"], "x.png", data, data={"model": "tiny", "max_size": "64", "flip": "true"})
     assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (128, 96)
 
 
 def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(server):
     url = server["url"]
-    jpeg = _jpeg(300, 400)
-    too_many = _jpeg(1500, 3000)  # 4.5 Mpixel, a small file
+    jpeg = photo_jpeg(300, 400)
+    too_many = photo_jpeg(1500, 3000)  # 4.5 Mpixel, a small file
     assert len(too_many) < MAX_UPLOAD_MB * 2**20
     cases = [
         ("empty.jpg", b"", 400, "empty.jpg: empty file"),
@@ -188,7 +137,7 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(server):
         ("huge.jpg", jpeg + b"\0" * (MAX_UPLOAD_MB * 2**20), 413, "upload too large"),
     ]
     for name, data, status, message in cases:
-        r = _post(url, name, data, "image/jpeg")
+        r = post_upload(url, name, data, "image/jpeg")
         assert r.status_code == status, (name, r.text)
         assert message in r.json()["detail"], (name, r.json())
         assert httpx.get(url + "/healthz").status_code == 200
@@ -205,22 +154,22 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(server):
               ({"max_size": "8"}, "max_size: Input should be greater than or equal to 32"),
               ({"flip": "perhaps"}, "flip:")]
     for data, message in fields:
-        r = _post(url, "a.jpg", jpeg, data=data)
+        r = post_upload(url, "a.jpg", jpeg, data=data)
         assert r.status_code == 422 and message in r.json()["detail"], r.text
     r = httpx.post(url + "/predict", data={"model": "tiny"})
     assert r.status_code == 422 and r.json()["detail"] == "file: Field required"
     r = httpx.post(url + "/predict", content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=z"})
     assert r.status_code == 400
-    r = _post(url, "fine.jpg", jpeg, "image/jpeg", data={"model": "tiny"})
+    r = post_upload(url, "fine.jpg", jpeg, "image/jpeg", data={"model": "tiny"})
     assert r.status_code == 200 and r.json()["width"] == 400
 
 
 def test_a_full_queue_answers_503_with_retry_after(server):
     url = server["url"]
-    data = _jpeg(480, 640, seed=3)  # a few tenths of a second each with flip: the burst arrives within one
+    data = photo_jpeg(480, 640, seed=3)  # a few tenths of a second each with flip: the burst arrives within one
 
     def one(_):
-        return _post(url, "q.jpg", data, "image/jpeg", data={"flip": "true"})
+        return post_upload(url, "q.jpg", data, "image/jpeg", data={"flip": "true"})
 
     with ThreadPoolExecutor(10) as pool:
         responses = list(pool.map(one, range(10)))
@@ -298,7 +247,7 @@ def test_browser_upload_shows_overlay_legend_and_shares(server, browser, tmp_pat
     assert sorted(names) == sorted(fcnseg.load("camvid-fcn8s-lite0").class_names)
     assert sum(shares) == pytest.approx(1.0, abs=1e-3) and shares == sorted(shares, reverse=True)
     # The page shows what the API computes for the same photo and options (size 1024 > 751: full size).
-    api = _post(server["url"], "leuvenA.jpg", DEMO.read_bytes(), "image/jpeg").json()
+    api = post_upload(server["url"], "leuvenA.jpg", DEMO.read_bytes(), "image/jpeg").json()
     top = max(api["shares"], key=lambda s: s["share"])
     assert names[0] == top["name"] and f"{100 * top['share']:.1f}%" in legend.first.inner_text()
     assert "751×563 JPEG" in card.locator(".timing").inner_text() and " ms" in card.locator(".timing").inner_text()
@@ -327,23 +276,9 @@ def test_browser_upload_shows_overlay_legend_and_shares(server, browser, tmp_pat
     page.close()
 
 
-def _tiny_video(path: Path, n: int = 8, size: tuple[int, int] = (64, 96), fps: int = 8) -> Path:
-    """``n`` frames of a red square moving over a grey gradient, H.264 in MP4 (as tests/test_video.py writes)."""
-    av = pytest.importorskip("av")
-    h, w = size
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.height, s.width, s.pix_fmt = h, w, "yuv420p"
-        for i in range(n):
-            a = np.repeat(np.linspace(40, 200, w)[None, :, None], 3, axis=2).repeat(h, axis=0)
-            a[h // 4:h // 2, 4 * i:4 * i + w // 4] = (220, 30, 30)
-            c.mux(s.encode(av.VideoFrame.from_ndarray(a.astype(np.uint8), format="rgb24")))
-        c.mux(s.encode())
-    return path
-
-
 def test_browser_video_upload_shows_the_overlay_video(server, browser, tmp_path):
-    clip = _tiny_video(tmp_path / "walk.mp4")
+    pytest.importorskip("av")
+    clip = make_clip(tmp_path / "walk.mp4", n=8, fps=8)
     page, problems = _open_page(server, browser)
     assert page.get_attribute("#files", "accept") == "image/*,video/*"
     page.select_option("#model", "tiny")

@@ -2,10 +2,8 @@
 shutdown (SIGTERM) that answers every admitted request before the process exits."""
 
 import io
-import os
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,42 +11,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import save_shapes_model
 from fastapi.testclient import TestClient
+from helpers import photo_jpeg, post_upload, start_serve
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from test_serve import _free_port, _jpeg
 
 from fcnseg.serve import create_app, load_models
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory) -> Path:
-    return save_shapes_model(tmp_path_factory.mktemp("ops-model") / "tiny.safetensors")
-
-
-def _start(tiny_file: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "fcnseg.cli", "serve", "--model", str(tiny_file), "--port", str(port),
-           "--workers", "1", "--queue", "2", "--threads", "1", "--log-level", "warning", "--drain-timeout", "60",
-           *extra]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):  # up to ~90 s
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.3)
-    proc.kill()
-    pytest.fail(f"fcnseg serve did not become ready:\n{log.read_text()}")
+def _start(tiny_model_file: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    return start_serve(["--model", str(tiny_model_file), "--workers", "1", "--queue", "2", "--threads", "1",
+                        "--log-level", "warning", "--drain-timeout", "60", *extra], log)
 
 
 def _scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -59,18 +32,18 @@ def _scrape(url: str) -> dict[tuple[str, tuple], float]:
             for fam in text_string_to_metric_families(r.text) for s in fam.samples}
 
 
-def _post(url: str, body: bytes, name: str = "x.jpg") -> httpx.Response:
-    return httpx.post(url + "/predict", files={"file": (name, body, "image/jpeg")}, timeout=300)
+def _post(url: str, body: bytes, name: str = "x.jpg"):
+    return post_upload(url, name, body, "image/jpeg", timeout=300)
 
 
-def test_metrics_under_load_then_graceful_shutdown(tiny_file, tmp_path):
+def test_metrics_under_load_then_graceful_shutdown(tiny_model_file, tmp_path):
     log = tmp_path / "server.log"
-    proc, url = _start(tiny_file, log)
+    proc, url = _start(tiny_model_file, log)
     try:
         health = httpx.get(url + "/healthz").json()
         assert httpx.get(url + "/readyz").json() == {"status": "ready", "models": health["models"]}
         for seed in range(3):
-            assert _post(url, _jpeg(48, 64, seed)).status_code == 200
+            assert _post(url, photo_jpeg(48, 64, seed)).status_code == 200
         assert _post(url, b"not an image", "x.txt").status_code == 415
         m = _scrape(url)
         assert m[("fcnseg_requests_total", (("endpoint", "/predict"), ("status", "200")))] == 3
@@ -84,7 +57,7 @@ def test_metrics_under_load_then_graceful_shutdown(tiny_file, tmp_path):
         assert m[("fcnseg_requests_total", (("endpoint", "/readyz"), ("status", "200")))] >= 2
 
         # Three slow images at once: one runs, two wait; the gauges show it while it happens.
-        big = _jpeg(1600, 1600, 7)
+        big = photo_jpeg(1600, 1600, 7)
         pool = ThreadPoolExecutor(3)
         futures = [pool.submit(_post, url, big) for _ in range(3)]
         seen = None
@@ -115,8 +88,8 @@ def test_metrics_under_load_then_graceful_shutdown(tiny_file, tmp_path):
     assert proc.returncode in (0, -signal.SIGTERM), (proc.returncode, text)
 
 
-def test_readyz_follows_the_lifecycle(tiny_file):
-    app = create_app(load_models([str(tiny_file)], "cpu"))
+def test_readyz_follows_the_lifecycle(tiny_model_file):
+    app = create_app(load_models([str(tiny_model_file)], "cpu"))
     client = TestClient(app)
     r = client.get("/readyz")  # the app has not started (no lifespan yet)
     assert r.status_code == 503 and r.json() == {"detail": "not ready: starting"}
@@ -126,22 +99,22 @@ def test_readyz_follows_the_lifecycle(tiny_file):
         app.state.lifecycle["draining"] = True  # what the shutdown signal sets
         r = client.get("/readyz")
         assert r.status_code == 503 and r.json()["detail"] == "not ready: shutting down"
-        r = client.post("/predict", files={"file": ("a.jpg", _jpeg(32, 32), "image/jpeg")})
+        r = client.post("/predict", files={"file": ("a.jpg", photo_jpeg(32, 32), "image/jpeg")})
         assert r.status_code == 503 and "shutting down" in r.json()["detail"]
         assert "fcnseg_ready 0.0" in client.get("/metrics").text
 
 
-def test_dynamic_batching_groups_same_sized_images(tiny_file, tmp_path):
+def test_dynamic_batching_groups_same_sized_images(tiny_model_file, tmp_path):
     import base64
 
     import fcnseg
     from fcnseg.models.inference import predict_image
 
     log = tmp_path / "server.log"
-    proc, url = _start(tiny_file, log, "--queue", "6", "--max-batch", "4", "--max-delay-ms", "1500")
-    model = fcnseg.load(tiny_file)
+    proc, url = _start(tiny_model_file, log, "--queue", "6", "--max-batch", "4", "--max-delay-ms", "1500")
+    model = fcnseg.load(tiny_model_file)
     try:
-        bodies = [_jpeg(48, 64, seed) for seed in range(4)] + [_jpeg(40, 40, 9)]
+        bodies = [photo_jpeg(48, 64, seed) for seed in range(4)] + [photo_jpeg(40, 40, 9)]
         with ThreadPoolExecutor(5) as pool:
             answers = list(pool.map(lambda b: _post(url, b), bodies))
         assert [a.status_code for a in answers] == [200] * 5

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_shapes
+from helpers import make_shapes
 
 from fcnseg.data import DatasetError, build_dataset, eval_transforms
 from fcnseg.evaluate import evaluate

@@ -13,39 +13,17 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from conftest import save_shapes_model  # noqa: E402
+from helpers import REPO, make_clip  # noqa: E402
 
 import fcnseg  # noqa: E402
 from fcnseg.cli import main  # noqa: E402
 from fcnseg.models.inference import predict_image  # noqa: E402
 from fcnseg.video import VideoError, predict_video, read_frames, segment_video, video_info  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_clip(path: Path, n: int = 12, size: tuple[int, int] = (64, 96), fps=25, codec: str = "libx264",
-              noise: float = 0.0, rotation: int | None = None, seed: int = 0) -> Path:
-    """A clip of a red square moving over a grey gradient (plus Gaussian noise of ``noise`` grey levels)."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    with av.open(str(path), "w") as c:
-        s = c.add_stream(codec, rate=fps)
-        s.height, s.width, s.pix_fmt = h, w, "yuv420p"
-        if rotation is not None:
-            s.set_display_rotation(rotation)
-        for i in range(n):
-            a = np.repeat(np.linspace(40, 200, w)[None, :, None], 3, axis=2).repeat(h, axis=0)
-            a[h // 4:h // 2, (2 * i) % w:(2 * i) % w + w // 4] = (220, 30, 30)
-            a = np.clip(a + rng.normal(0, noise, a.shape), 0, 255) if noise else a
-            c.mux(s.encode(av.VideoFrame.from_ndarray(a.astype(np.uint8), format="rgb24")))
-        c.mux(s.encode())
-    return path
-
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    m = fcnseg.load(save_shapes_model(tmp_path_factory.mktemp("m") / "shapes.safetensors"))
-    return m.eval()
+def model(tiny_model_file):
+    return fcnseg.load(tiny_model_file).eval()
 
 
 def decoded(path: Path) -> list[np.ndarray]:
@@ -55,9 +33,9 @@ def decoded(path: Path) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("suffix,codec,fps", [(".mp4", "libx264", Fraction(30000, 1001)), (".mkv", "mpeg4", 25),
                                               (".avi", "mpeg4", 12), (".webm", "libvpx-vp9", 24)])
-def test_cli_keeps_frames_size_and_rate(tmp_path, suffix, codec, fps):
+def test_cli_keeps_frames_size_and_rate(tmp_path, suffix, codec, fps, tiny_model_file):
     clip = make_clip(tmp_path / f"clip{suffix}", n=13, size=(48, 80), fps=fps, codec=codec)
-    assert main(["predict", str(clip), "--model", str(save_shapes_model(tmp_path / "m.safetensors")),
+    assert main(["predict", str(clip), "--model", str(tiny_model_file),
                  "--out", str(tmp_path / "out"), "--quiet", "--save-labels"]) == 0
     out = tmp_path / "out" / "clip_overlay.mp4"
     info = video_info(out)
@@ -130,8 +108,8 @@ def _bad_videos(tmp: Path) -> dict[str, tuple[Path, str]]:
             "cut mkv": (cut[".mkv"], "truncated?")}
 
 
-def test_bad_videos_refused_with_nothing_left(tmp_path, capsys):
-    weights = str(save_shapes_model(tmp_path / "m.safetensors"))
+def test_bad_videos_refused_with_nothing_left(tmp_path, capsys, tiny_model_file):
+    weights = str(tiny_model_file)
     (tmp_path / "in").mkdir()
     for name, (path, message) in _bad_videos(tmp_path / "in").items():
         out = tmp_path / name.replace(" ", "_")
@@ -192,17 +170,17 @@ print(json.dumps({{"second_quarter_kb": float(np.median(q[1])), "last_quarter_kb
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads glibc's mallinfo2")
-def test_memory_flat_over_length(tmp_path):
+def test_memory_flat_over_length(tmp_path, tiny_model_file):
     """Memory in use (glibc's mallinfo2: heap and mmap blocks handed out, numpy's, torch's and FFmpeg's alike)
     sampled every 5 ms while a child segments 240 frames at 240x320: its median over the last quarter of the
     run is within 8 MB of the second quarter's. Seen: +0.4 MB; keeping each decoded frame instead: +27.9 MB
     (120 frames of 230 KB). RSS was tried first and is blind here: freed memory from loading stays resident and
     is reused, so a 27 MB leak moved peak or current RSS by -10 to +11 MB, within run-to-run noise."""
-    weights = str(save_shapes_model(tmp_path / "m.safetensors"))
+    weights = str(tiny_model_file)
     clip = make_clip(tmp_path / "c.mkv", n=240, size=(240, 320), noise=10, codec="mpeg4")
     # mallinfo2 counts glibc's main arena only: one arena, so that every thread's allocations are counted
     # (with several, a thread's blocks move between arenas with the scheduling and the figure with them).
-    out = subprocess.run([sys.executable, "-c", IN_USE.format(root=str(ROOT)), str(clip), weights,
+    out = subprocess.run([sys.executable, "-c", IN_USE.format(root=str(REPO)), str(clip), weights,
                           str(tmp_path / "out")], capture_output=True, text=True, check=True,
                          env={**os.environ, "MALLOC_ARENA_MAX": "1"})
     r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -253,9 +231,9 @@ def test_variable_frame_rate_keeps_its_timing(tmp_path, model):
     assert [float(row.split(",")[1]) for row in rows] == times
 
 
-def test_cli_options_for_videos(tmp_path, capsys):
+def test_cli_options_for_videos(tmp_path, capsys, tiny_model_file):
     clip = make_clip(tmp_path / "c.mp4", n=12, fps=10)
-    weights = str(save_shapes_model(tmp_path / "m.safetensors"))
+    weights = str(tiny_model_file)
     out = tmp_path / "out"
     assert main(["predict", str(clip), "--model", weights, "--out", str(out), "--quiet", "--start", "0.2s",
                  "--end", "9", "--every", "3", "--save-labels"]) == 0

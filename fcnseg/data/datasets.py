@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._optional import require
 from .images import IMAGE_EXTS, MAX_PIXELS, ImageError, check_pixels, decode_image, to_float
 from .masks import Mapping, MaskValueError, from_levels, from_threshold, infer_mapping
 from .palettes import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, default_palette, voc_palette
@@ -306,8 +307,7 @@ def _mask_kind(path: Path | None) -> str:
 
 def _read_raw_mask(path: Path, fmt: str) -> np.ndarray:
     if fmt == "mat":
-        from scipy.io import loadmat
-
+        loadmat = require("scipy.io", extra="sbd", what="reading SBD's .mat masks").loadmat
         # SBD: GTcls.Segmentation holds the class labels (0 background, 1..20, no boundary label).
         return np.asarray(loadmat(str(path), squeeze_me=True)["GTcls"]["Segmentation"].item(), dtype=np.int64)
     with warnings.catch_warnings():

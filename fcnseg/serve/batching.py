@@ -20,13 +20,9 @@ import numpy as np
 import torch
 from fastapi import HTTPException
 
-# _float, _as_chw, _label_dtype: the old private names, kept as aliases until serve is split (integrator: rename).
-from ..data.images import ImageError, decode_image
-from ..data.images import to_float as _float
-from ..data.images import to_tensor as _as_chw
+from ..data.images import ImageError, decode_image, to_float, to_tensor
 from ..data.palettes import label_image
-from ..models.inference import TILE, predict_image, probabilities
-from ..models.inference import label_dtype as _label_dtype
+from ..models.inference import TILE, label_dtype, predict_image, probabilities
 from ..predict import class_shares
 
 
@@ -39,7 +35,7 @@ def decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
 
 
 def encode(model, labels: np.ndarray, started: float, batch: int) -> dict:
-    """What ``fcnseg.serve.segment`` returns, for labels computed in a batch of ``batch`` images."""
+    """What ``fcnseg.serve.workers.segment`` returns, for labels computed in a batch of ``batch`` images."""
     buf = io.BytesIO()
     label_image(labels, model.palette).save(buf, format="PNG", compress_level=1)
     return {"png": buf.getvalue(), "shares": class_shares(labels, model.num_classes), "width": int(labels.shape[1]),
@@ -129,9 +125,9 @@ class Batcher:
         with self.gate._lock:
             self.gate.running += len(images)
         try:
-            x = torch.stack([_float(_as_chw(a)) for a in images])
+            x = torch.stack([to_float(to_tensor(a)) for a in images])
             with torch.inference_mode():
-                labels = probabilities(model, x, flip).argmax(1).numpy().astype(_label_dtype(model.num_classes))
+                labels = probabilities(model, x, flip).argmax(1).numpy().astype(label_dtype(model.num_classes))
             self.on_batch(len(images))
             return [(encode(model, labels[k], started, len(images)), started) for k in range(len(images))]
         finally:

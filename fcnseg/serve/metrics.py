@@ -24,7 +24,7 @@ ENDPOINTS = ("/", "/predict", "/models", "/healthz", "/readyz", "/metrics", "/op
 
 
 class ServeMetrics:
-    """The metrics of one app; ``gate`` (``fcnseg.serve.Gate``) and ``ready`` (a no-argument callable) are read
+    """The metrics of one app; ``gate`` (``fcnseg.serve.workers.Gate``) and ``ready`` (a no-argument callable) are read
     at scrape time."""
 
     def __init__(self, gate, ready) -> None:

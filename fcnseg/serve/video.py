@@ -13,6 +13,9 @@ from typing import Annotated
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import Response
 
+from .._optional import available
+from .workers import Busy
+
 MAX_VIDEO_SECONDS = 20.0
 
 
@@ -51,9 +54,7 @@ def add_video_route(app: FastAPI, models: dict, gate, busy, refuse, safe_name, m
     response; ``refuse()``: the server's admission, a 503 response or None; ``safe_name``: its upload-name
     cleaner; ``errors``: the error responses for the schema).
     Nothing is added when PyAV is not installed."""
-    try:
-        import av  # noqa: F401
-    except ImportError:
+    if not available("av"):
         return
     default = next(iter(models))
 
@@ -76,8 +77,6 @@ def add_video_route(app: FastAPI, models: dict, gate, busy, refuse, safe_name, m
         refused = refuse()  # the image route's admission: queue full or shutting down
         if refused is not None:
             return refused
-        from . import Busy
-
         data = await file.read()
         try:
             result, waited = await gate.run(segment_upload, models[key], data, name, max_pixels, max_seconds, smooth)
