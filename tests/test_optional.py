@@ -115,13 +115,11 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     write_report(result, {str(tmp_path / "out")!r})
 print(caught[0].message)
-write_report(result, {str(tmp_path / "page")!r}, html=True)
 """
     r = python_without(("matplotlib",), code)
     assert r.stdout.strip() == "matplotlib is not installed: metrics.json without plots (pip install 'fcnseg[report]')"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json"]
-    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
-        "fcnseg._optional.MissingExtra: plotting the metrics needs matplotlib: pip install 'fcnseg[report]'")
+    assert r.returncode == 0, r.stderr
 
 
 def test_sbd_masks_name_the_sbd_extra(tmp_path):
