@@ -31,6 +31,7 @@ from . import tasks
 from .checkpoint import atomic_write
 from .data.images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image, pil_to_array
 from .data.palettes import label_image, overlay
+from .tta import tta_probabilities
 
 DEFAULT_MODEL = "camvid-fcn8s-lite0"
 TILE = 1024  # windows of 1 Mpixel keep VGG16's activations near 1.5 GB and Lite0's far below
@@ -105,15 +106,11 @@ def _forward(model, x: torch.Tensor) -> torch.Tensor:
     return model(x)
 
 
-def probabilities(model, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
+def probabilities(model, x: torch.Tensor, flip: bool = False, scales=None) -> torch.Tensor:
     """Class probabilities ``(N, C, H, W)`` (float32, CPU) of a float batch: softmax, or for a binary model
-    ``[1 - p, p]``, for a multilabel one the K sigmoids (``fcnseg.tasks.probabilities``); ``flip`` averages
-    them with those of the mirrored images (test-time augmentation)."""
-    task = _task(model)[0]
-    p = tasks.probabilities(_forward(model, x), task)
-    if flip:
-        p = (p + tasks.probabilities(_forward(model, x.flip(-1)), task).flip(-1)) / 2
-    return p.cpu()
+    ``[1 - p, p]``, for a multilabel one the K sigmoids (``fcnseg.tasks.probabilities``); ``flip`` and
+    ``scales`` average them over the mirrored images and the input scales (``fcnseg.tta.tta_probabilities``)."""
+    return tta_probabilities(lambda t: _forward(model, t), x, _task(model)[0], scales, flip).cpu()
 
 
 def _task(model) -> tuple[str, float]:
@@ -147,18 +144,20 @@ def _label_dtype(num_classes: int):
 
 
 @torch.inference_mode()
-def predict_image(model, image, *, tile: int | None = TILE, overlap: int = OVERLAP, flip: bool = False,
-                  batch_size: int = 1, max_size: int | None = None,
-                  return_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_image(model, image, *, tile: int | tuple[int, int] | None = TILE, overlap: int = OVERLAP,
+                  flip: bool = False, batch_size: int = 1, max_size: int | None = None,
+                  return_probs: bool = False, scales=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Segments one image of any size.
 
     Args:
         model: an ``FCN`` or ``OnnxModel`` (see the module docstring).
         image: a path, PIL image, ``HxWx3`` array (uint8, uint16 or float in [0, 1]) or ``(3, H, W)`` tensor.
         tile: images with more than ``tile * tile`` pixels are segmented in overlapping ``tile x tile``
-            windows; None segments every image whole.
+            windows; a pair ``(H, W)``: images taller than H or wider than W are segmented in ``H x W`` windows
+            (sliding-window evaluation); None segments every image whole.
         overlap: pixels shared by neighbouring windows (blended).
         flip: also segment the mirrored image and average the probabilities.
+        scales: input scales whose probabilities are averaged (``fcnseg.tta``; None: 1.0 alone), per window.
         batch_size: windows per forward pass.
         max_size: segment a copy downscaled to this long side, then bring labels back to full size.
         return_probs: also return the ``(C, H, W)`` float16 class probabilities.
@@ -173,21 +172,25 @@ def predict_image(model, image, *, tile: int | None = TILE, overlap: int = OVERL
         s = max_size / max(h0, w0)
         size = (max(1, round(h0 * s)), max(1, round(w0 * s)))
         x = F.interpolate(_float(x)[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-        labels, probs = _tiled(model, x, tile, overlap, flip, batch_size, return_probs=True)
+        labels, probs = _tiled(model, x, tile, overlap, flip, batch_size, return_probs=True, scales=scales)
         up = F.interpolate(torch.from_numpy(probs.astype(np.float32))[None], size=(h0, w0), mode="bilinear",
                            align_corners=False)[0]
         return _decide(model, up, 0).numpy().astype(labels.dtype), (up.half().numpy() if return_probs else None)
-    return _tiled(model, x, tile, overlap, flip, batch_size, return_probs)
+    return _tiled(model, x, tile, overlap, flip, batch_size, return_probs, scales)
 
 
-def _tiled(model, x: torch.Tensor, tile: int | None, overlap: int, flip: bool, batch_size: int,
-           return_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _window(h: int, w: int, tile: int | tuple[int, int] | None) -> tuple[int, int]:
+    """The window an ``h x w`` image is segmented in: the whole image unless it exceeds ``tile``."""
+    if isinstance(tile, (tuple, list)):
+        return (min(tile[0], h), min(tile[1], w)) if h > tile[0] or w > tile[1] else (h, w)
+    return (min(tile, h), min(tile, w)) if tile and h * w > tile * tile else (h, w)
+
+
+def _tiled(model, x: torch.Tensor, tile: int | tuple[int, int] | None, overlap: int, flip: bool, batch_size: int,
+           return_probs: bool, scales=None) -> tuple[np.ndarray, np.ndarray | None]:
     c = model.num_classes
     _, h, w = x.shape
-    if tile and h * w > tile * tile:
-        th, tw = min(tile, h), min(tile, w)
-    else:
-        th, tw = h, w
+    th, tw = _window(h, w, tile)
     overlap = max(0, min(overlap, th - 1, tw - 1))
     ys, xs = _starts(h, th, overlap), _starts(w, tw, overlap)
     weight = torch.outer(_ramp(th, overlap if len(ys) > 1 else 0), _ramp(tw, overlap if len(xs) > 1 else 0))
@@ -200,7 +203,7 @@ def _tiled(model, x: torch.Tensor, tile: int | None, overlap: int, flip: bool, b
         for j in range(0, len(xs), batch_size):
             cols = xs[j:j + batch_size]
             batch = torch.stack([_float(x[:, y0:y0 + th, x0:x0 + tw]) for x0 in cols])
-            p = probabilities(model, batch, flip)
+            p = probabilities(model, batch, flip, scales)
             for k, x0 in enumerate(cols):
                 acc[:, :, x0:x0 + tw] += p[k] * weight
                 wsum[:, x0:x0 + tw] += weight
@@ -252,9 +255,9 @@ def _read_ahead(files: list[Path], max_pixels: int | None, depth: int = 2,
             yield g, fut.result()
 
 
-def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None = TILE, overlap: int = OVERLAP,
-                 flip: bool = False, max_size: int | None = None, return_probs: bool = False,
-                 max_pixels: int | None = MAX_PIXELS) -> Iterator[Prediction]:
+def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | tuple[int, int] | None = TILE,
+                 overlap: int = OVERLAP, flip: bool = False, max_size: int | None = None, return_probs: bool = False,
+                 max_pixels: int | None = MAX_PIXELS, scales=None) -> Iterator[Prediction]:
     """Yields a ``Prediction`` per image file in ``inputs`` (files, folders, globs), in order.
 
     Consecutive images of the same size that fit one window go through the model together, ``batch_size``
@@ -262,7 +265,7 @@ def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None =
     Other arguments are those of ``predict_image``.
     """
     kw = dict(tile=tile, overlap=overlap, flip=flip, batch_size=batch_size, max_size=max_size,
-              return_probs=return_probs)
+              return_probs=return_probs, scales=scales)
     pending: list[tuple[Path, np.ndarray]] = []
     channels = getattr(model, "in_channels", 3)
 
@@ -272,7 +275,7 @@ def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None =
         t = time.perf_counter()
         batch = torch.stack([_float(_as_chw(a, channels)) for _, a in pending])
         with torch.inference_mode():
-            p = probabilities(model, batch, flip)
+            p = probabilities(model, batch, flip, scales)
         labels = _decide(model, p, 1).numpy().astype(_label_dtype(model.num_classes))
         dt = (time.perf_counter() - t) / len(pending)
         for k, (f, a) in enumerate(pending):
@@ -285,7 +288,7 @@ def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None =
             yield Prediction(f, error=str(image))
             continue
         h, w = image.shape[:2]
-        whole = (not tile or h * w <= tile * tile) and not (max_size and max(h, w) > max_size)
+        whole = _window(h, w, tile) == (h, w) and not (max_size and max(h, w) > max_size)
         if batch_size > 1 and whole:
             if pending and pending[0][1].shape != image.shape:
                 yield from flush()

@@ -195,8 +195,9 @@ class FCN(nn.Module):
                 tensor (uint8, or float in [0, 1]), or with ``batch=True`` an ``(N, 3, H, W)`` float tensor.
                 Grey, RGBA, CMYK and 16-bit files are converted to RGB; photos are turned upright per EXIF.
             batch: whether ``image`` is a batch tensor (segmented in one pass, whole).
-            kwargs: for single images, options of ``fcnseg.predict.predict_image``: ``tile`` (window size for
-                large images), ``overlap``, ``flip`` (test-time augmentation), ``max_size``, ``batch_size``.
+            kwargs: options of ``fcnseg.predict.predict_image``: ``flip`` and ``scales`` (test-time
+                augmentation, ``fcnseg.tta``; batches too), and for single images ``tile`` (window size for
+                large images, or ``(H, W)``), ``overlap``, ``max_size``, ``batch_size``.
 
         Returns:
             ``(H, W)`` int64 labels (``(N, H, W)`` for a batch), on the CPU: class indices, 0/1 for a binary
@@ -211,8 +212,8 @@ class FCN(nn.Module):
                 with torch.inference_mode():
                     from ..tasks import decide
 
-                    return decide(probabilities(self, image, flip=kwargs.get("flip", False)), self.task,
-                                  self.threshold)
+                    return decide(probabilities(self, image, flip=kwargs.get("flip", False),
+                                                scales=kwargs.get("scales")), self.task, self.threshold)
             return torch.from_numpy(predict_image(self, image, **kwargs)[0].astype(np.int64))
         finally:
             self.train(was_training)

@@ -3,8 +3,8 @@
 Each trunk is built once, here, and returns three feature maps at strides 8, 16 and 32 (named after
 VGG16's ``pool3``, ``pool4`` and ``fc7``). FCN-32s, -16s and -8s differ only in which of them the head
 uses. Trunks that have them also give the stride-4 and stride-2 features (``fine_taps``: VGG16's ``pool2``
-and ``pool1``) on request, for FCN-4s and FCN-2s. Layer names follow the source model (the authors' Caffe names for VGG16 and AlexNet, torchvision's
-or timm's elsewhere) so that pretrained weights load by name.
+and ``pool1``) on request, for FCN-4s and FCN-2s. Layer names follow the source model (the authors' Caffe
+names for VGG16 and AlexNet, torchvision's or timm's elsewhere) so that pretrained weights load by name.
 """
 
 from __future__ import annotations
