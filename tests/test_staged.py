@@ -86,3 +86,23 @@ def test_staged_init_keeps_preprocessing_and_refuses_wrong_order():
         fcnseg.staged_init(fcnseg.build_model("fcn4s", "alexnet", 3))
     m32 = fcnseg.build_model("fcn32s", "efficientnet_lite0", 3)
     assert fcnseg.staged_init(m32, "fcn8s").preprocessing == m32.preprocessing
+
+
+def test_init_from_grows_a_saved_fcn8s_into_fcn4s_and_fcn2s(tmp_path):
+    """The train config's ``init_from`` takes the staged step below stride 8 too (8s -> 4s, 8s -> 2s)."""
+    from fcnseg.checkpoint import save_model
+    from fcnseg.train import build, load_config
+
+    names = ["background", "vessel"]
+    m8 = _trained_like(fcnseg.build_model("fcn8s", "efficientnet_lite0", 2, class_names=names))
+    save_model(m8, tmp_path / "m8.safetensors")
+    x = torch.rand(1, 3, 48, 64)
+    for arch in ("fcn4s", "fcn2s"):
+        cfg = load_config(None, {"arch": arch, "init_from": str(tmp_path / "m8.safetensors"), "dataset": "folder",
+                                 "root": str(tmp_path)})
+        model = build(cfg, names, [(0, 0, 0), (255, 0, 0)]).eval()
+        assert model.arch == arch and torch.equal(model.score_pool3.weight, m8.score_pool3.weight)
+        assert model.score_pool2.weight.abs().max() == 0
+        with torch.no_grad():
+            agree = (model(x).argmax(1) == m8(x).argmax(1)).float().mean().item()
+        assert agree > 0.9, (arch, agree)
