@@ -143,7 +143,10 @@ MODES = ("modern", "heavy")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
-    """Defaults, then the mode's preset, then the YAML file, then ``key=value`` overrides (values in YAML)."""
+    """Defaults, then the mode's preset, then the YAML file, then ``key=value`` overrides (values in YAML).
+
+    Without a file, a folder dataset (``dataset=folder``) starts from ``folder_preset`` instead of the defaults.
+    """
     import yaml
 
     values: dict = {}
@@ -170,7 +173,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     mode = values.get("mode", "modern")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    merged = {**(HEAVY if mode == "heavy" else {}), **values}
+    preset = folder_preset(values) if path is None and values.get("dataset") == "folder" else {}
+    merged = {**(HEAVY if mode == "heavy" else {}), **preset, **values}
     if isinstance(merged.get("amp"), bool):  # YAML reads a bare off/on as a boolean
         merged["amp"] = "auto" if merged["amp"] else "off"
     cfg = TrainConfig(**merged)
@@ -178,6 +182,20 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         cfg.lr = HEAVY_LR[cfg.arch] if cfg.arch in HEAVY_LR else 1e-10
     _validate(cfg)
     return cfg
+
+
+FOLDER_PRESET = Path(__file__).parent / "presets" / "folder.yaml"
+
+
+def folder_preset(values: dict) -> dict:
+    """The default recipe of a folder dataset (``presets/folder.yaml``, also ``configs/folder.yaml``), for a run
+    given no config file; binary and multilabel tasks take ``bce`` where the preset's loss has ``ce``."""
+    import yaml
+
+    preset = yaml.safe_load(FOLDER_PRESET.read_text())
+    if values.get("task", "multiclass") != "multiclass" and isinstance(preset.get("loss"), dict):
+        preset["loss"] = {("bce" if k == "ce" else k): v for k, v in preset["loss"].items()}
+    return preset
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict, "None": type(None)}
