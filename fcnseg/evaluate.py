@@ -96,15 +96,8 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     image_scores: list[dict] = []
     for i in indices:
         image, labels = dataset[i]
-        x = image.unsqueeze(0).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(torch.device(device).type, amp_dtype, enabled=amp_dtype is not None):
-            if plain:
-                scores = net(x)
-                pred = net.labels(scores)[0] if hasattr(net, "labels") else scores.argmax(1)[0]
-            else:
-                pred = _augmented_labels(net, x[0], tta).to(device)
+            pred = _predict(net, image, device, channels_last, None if plain else tta)
         labels = labels.to(device)
         cm.update(labels, pred)
         if band_cm is not None:
@@ -132,23 +125,34 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     if band_cm is not None:
         result["boundary"] = {"width": int(boundary_width), **band_cm.compute()}
     if per_image:
-        if world > 1:
-            gathered: list = [None] * world
-            dist.all_gather_object(gathered, image_scores)
-            image_scores = [r for part in gathered for r in part]
-        result["per_image"] = sorted(image_scores, key=lambda r: r["index"])
+        result["per_image"] = _gathered(image_scores, world)
     return result
 
 
-def _augmented_labels(net, image: torch.Tensor, tta: dict) -> torch.Tensor:
-    """Labels of one ``(C, H, W)`` image through ``fcnseg.predict``'s windows and test-time augmentation:
-    ``(H, W)`` (``(K, H, W)`` multilabel) int64, on the CPU."""
+def _gathered(image_scores: list[dict], world: int) -> list[dict]:
+    """Every process's per-image scores, in dataset order."""
+    if world > 1:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, image_scores)
+        image_scores = [r for part in gathered for r in part]
+    return sorted(image_scores, key=lambda r: r["index"])
+
+
+def _predict(net, image: torch.Tensor, device, channels_last: bool, tta: dict | None) -> torch.Tensor:
+    """Labels of one ``(C, H, W)`` image on ``device``: one forward pass, or with ``tta`` (``tta_record``) through
+    ``fcnseg.predict``'s windows and test-time augmentation. ``(H, W)`` (``(K, H, W)`` multilabel) int64."""
+    x = image.unsqueeze(0).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if tta is None:
+        scores = net(x)
+        return net.labels(scores)[0] if hasattr(net, "labels") else scores.argmax(1)[0]
     from .predict import predict_image
 
     window = tuple(tta["window"]) if tta["window"] else None
-    labels, _ = predict_image(net, image, tile=window, overlap=tta["overlap"] or 0, flip=tta["flip"],
+    labels, _ = predict_image(net, x[0], tile=window, overlap=tta["overlap"] or 0, flip=tta["flip"],
                               scales=tta["scales"])
-    return torch.from_numpy(labels.astype(np.int64))
+    return torch.from_numpy(labels.astype(np.int64)).to(device)
 
 
 FOREGROUND = ("iu", "dice", "precision", "recall")
