@@ -64,7 +64,7 @@ def main() -> None:
     base_t, base_i = statistics.median(train_s["fcn8s"]), statistics.median(infer_s["fcn8s"])
     for a in ARCHS:
         t, i = statistics.median(train_s[a]), statistics.median(infer_s[a])
-        print(f"{a:6s} {fcnseg.count_parameters(models[a]):10,d} {t:18.3f} ({t / base_t:4.2f}x) "
+        print(f"{a:6s} {fcnseg.models.count_parameters(models[a]):10,d} {t:18.3f} ({t / base_t:4.2f}x) "
               f"{i:13.3f} ({i / base_i:4.2f}x)")
 
 
