@@ -340,7 +340,7 @@ def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=
     """Builds an FCN.
 
     Args:
-        arch: "fcn32s", "fcn16s", "fcn8s" or "fcn8s-atonce".
+        arch: "fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", or "fcn4s"/"fcn2s" (trunks with stride-4/-2 features).
         backbone: one of ``fcnseg.BACKBONES`` ("vgg16", "alexnet", "googlenet", "resnet18", "resnet50",
             "mobilenet_v3_large", "efficientnet_lite0/1/2").
         num_classes: classes scored, background included.
@@ -358,7 +358,8 @@ def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=
             from the weights' RGB statistics), in the [0, 1] range of the input (times the weights' scale).
 
     Raises:
-        ValueError: an unknown arch, backbone, padding, upsampling, alignment or task, or a bad ``num_classes``.
+        ValueError: an unknown arch, backbone, padding, upsampling, alignment or task, a bad ``num_classes``, or
+            fcn2s on a backbone without stride-2 features (alexnet).
     """
     _check_choice("arch", arch, ARCHS)
     _check_choice("alignment", alignment, ALIGNMENTS)
