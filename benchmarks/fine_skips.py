@@ -4,7 +4,9 @@
 
 The three models are timed in interleaved rounds (8s, 4s, 2s, 8s, ...), so a machine that gets busier or quieter
 during the run affects them alike; the medians are reported. A training step is forward + backward + SGD of a
-batch of 4 random 256x256 crops (the ISBI arms' batch); inference is one 512x512 image (an ISBI image).
+batch of 4 random 256x256 crops (the ISBI arms' batch); inference is one 512x512 image (an ISBI image). The
+forward pass's floating-point operations (``torch.utils.flop_counter``: convolutions, transposed convolutions and
+matrix products) do not depend on how busy the machine is.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ def _infer(model, x) -> float:
     return time.perf_counter() - t
 
 
+def _gflops(model, x) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="efficientnet_lite0")
@@ -60,12 +71,14 @@ def main() -> None:
                 train_s[a].append(t)
                 infer_s[a].append(i)
     print(f"{args.backbone}, {args.threads} thread(s), medians of {args.rounds} interleaved rounds")
-    print(f"{'arch':6s} {'params':>10s} {'train step (4x256x256) s':>26s} {'inference 512x512 s':>21s}")
+    print(f"{'arch':6s} {'params':>10s} {'GFLOPs 512x512':>15s} {'train step (4x256x256) s':>26s} "
+          f"{'inference 512x512 s':>21s}")
     base_t, base_i = statistics.median(train_s["fcn8s"]), statistics.median(infer_s["fcn8s"])
+    base_f = _gflops(models["fcn8s"].eval(), big)
     for a in ARCHS:
-        t, i = statistics.median(train_s[a]), statistics.median(infer_s[a])
-        print(f"{a:6s} {fcnseg.models.count_parameters(models[a]):10,d} {t:18.3f} ({t / base_t:4.2f}x) "
-              f"{i:13.3f} ({i / base_i:4.2f}x)")
+        t, i, f = statistics.median(train_s[a]), statistics.median(infer_s[a]), _gflops(models[a].eval(), big)
+        print(f"{a:6s} {fcnseg.models.count_parameters(models[a]):10,d} {f:8.3f} ({f / base_f:4.2f}x) "
+              f"{t:18.3f} ({t / base_t:4.2f}x) {i:13.3f} ({i / base_i:4.2f}x)")
 
 
 if __name__ == "__main__":
