@@ -189,12 +189,15 @@ FOLDER_PRESET = Path(__file__).parent / "presets" / "folder.yaml"
 
 def folder_preset(values: dict) -> dict:
     """The default recipe of a folder dataset (``presets/folder.yaml``, also ``configs/folder.yaml``), for a run
-    given no config file; binary and multilabel tasks take ``bce`` where the preset's loss has ``ce``."""
+    given no config file; binary and multilabel tasks take ``bce`` where the preset's loss has ``ce``, and images
+    of other than 3 channels no colour jitter (it is defined on RGB)."""
     import yaml
 
     preset = yaml.safe_load(FOLDER_PRESET.read_text())
     if values.get("task", "multiclass") != "multiclass" and isinstance(preset.get("loss"), dict):
         preset["loss"] = {("bce" if k == "ce" else k): v for k, v in preset["loss"].items()}
+    if values.get("in_channels", 3) != 3:
+        preset.pop("color_jitter", None)
     return preset
 
 
