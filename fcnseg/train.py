@@ -145,7 +145,8 @@ MODES = ("modern", "heavy")
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
     """Defaults, then the mode's preset, then the YAML file, then ``key=value`` overrides (values in YAML).
 
-    Without a file, a folder dataset (``dataset=folder``) starts from ``folder_preset`` instead of the defaults.
+    Without a file, a folder dataset (``dataset=folder``) in the modern mode starts from ``folder_preset`` instead
+    of the defaults.
     """
     import yaml
 
@@ -173,7 +174,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     mode = values.get("mode", "modern")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    preset = folder_preset(values) if path is None and values.get("dataset") == "folder" else {}
+    # The folder preset is a modern recipe: the heavy mode (the paper's) keeps its own.
+    preset = folder_preset(values) if path is None and values.get("dataset") == "folder" and mode == "modern" else {}
     merged = {**(HEAVY if mode == "heavy" else {}), **preset, **values}
     if isinstance(merged.get("amp"), bool):  # YAML reads a bare off/on as a boolean
         merged["amp"] = "auto" if merged["amp"] else "off"

@@ -28,6 +28,8 @@ def test_a_folder_run_without_a_config_file_gets_the_preset():
     assert binary.loss == {"bce": 1.0, "dice": 1.0}  # ce is for softmax only
     grey = load_config(None, ["dataset=folder", "root=data/x", "in_channels=1"])
     assert grey.color_jitter == 0.0 and grey.arch == preset["arch"]  # colour jitter is for RGB images
+    heavy = load_config(None, ["dataset=folder", "root=data/x", "mode=heavy"])
+    assert (heavy.arch, heavy.optimizer, heavy.crop, heavy.loss) == (default.arch, "sgd", None, None)  # the paper's
     camvid = load_config(None, ["root=data/x"])
     assert (camvid.arch, camvid.loss) == (default.arch, default.loss)  # other datasets keep the defaults
 
