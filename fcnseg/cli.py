@@ -26,7 +26,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print(header + (f" {'forward ms @' + 'x'.join(map(str, size)):>20s}" if args.time else ""))
     for backbone in backbones:
         for arch in ARCHS:
-            model = build_model(arch, backbone, args.num_classes).eval()
+            try:
+                model = build_model(arch, backbone, args.num_classes).eval()
+            except ValueError as e:  # fcn2s on a trunk without stride-2 features
+                print(f"{backbone:20s} {arch:13s} -       ({e})", flush=True)
+                continue
             line = f"{backbone:20s} {arch:13s} {model.trunk.padding:7s} {count_parameters(model):12,d}"
             if args.time:
                 x = torch.rand(1, 3, *size)
@@ -99,7 +103,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(model, ds, device, amp_dtype=resolve_amp(args.amp, device), progress=True,
                       pred_dir=out / "predictions" if args.save_predictions else None,
                       channels_last=not args.no_channels_last, boundary_width=args.boundary or None,
-                      per_image=args.report)
+                      per_image=args.report, scales=args.scales, flip=args.flip, window=args.window,
+                      overlap=args.overlap)
     if rank == 0:
         result.update(model=str(args.model), dataset=args.dataset, split=args.split)
         write_report(result, out)
@@ -182,7 +187,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return _predict_videos(model, videos, args)
     results, errors = predict_files(model, args.inputs, args.out, max_size=args.max_size,
                                     save_overlay=not args.no_overlay, save_probs=args.probs,
-                                    tile=args.tile or None, overlap=args.overlap, flip=args.flip,
+                                    tile=tuple(args.window) if args.window else args.tile or None,
+                                    overlap=args.overlap, flip=args.flip, scales=args.scales,
                                     batch_size=args.batch_size or 1, max_pixels=args.max_pixels or None,
                                     progress=None if not args.quiet else False, verbose=not args.quiet,
                                     shard=shard, skip_existing=args.skip_existing)
@@ -362,6 +368,12 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--report-worst", type=int, default=8, metavar="N", help="images in the report's gallery")
     e.add_argument("--threshold", type=float, help="binary/multilabel models: probability from which a pixel is "
                    "foreground (default: the one stored with the model)")
+    e.add_argument("--scales", type=float, nargs="+", metavar="S", help="test-time augmentation: average the "
+                   "probabilities at these input scales, e.g. 0.75 1.0 1.25 1.5 (recorded in metrics.json)")
+    e.add_argument("--flip", action="store_true", help="test-time augmentation: also the mirrored image")
+    e.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
+                   help="sliding-window evaluation: images larger than H x W in overlapping H x W windows")
+    e.add_argument("--overlap", type=int, default=128, help="pixels shared by neighbouring windows")
     e.set_defaults(func=_cmd_evaluate)
 
 
@@ -393,6 +405,10 @@ def _add_predict(sub) -> None:
                    help="segment images larger than TILE x TILE pixels in overlapping windows (0: always whole)")
     r.add_argument("--overlap", type=int, default=128, help="pixels shared by neighbouring windows")
     r.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
+    r.add_argument("--scales", type=float, nargs="+", metavar="S",
+                   help="test-time augmentation: average the probabilities at these input scales (0.75 1.0 1.25)")
+    r.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
+                   help="segment images larger than H x W in overlapping H x W windows (instead of --tile)")
     r.add_argument("--batch-size", type=int, default=None,
                    help="images (or windows) per forward pass (default 1; 4 frames for videos)")
     r.add_argument("--max-size", type=int, help="segment a copy downscaled to this long side")

@@ -16,6 +16,8 @@ from ._optional import available, require
 from .data.palettes import label_image
 from .io.atomic import atomic_write
 from .metrics import ConfusionMatrix, MultilabelConfusion, boundary_band, per_image_scores
+from .models.inference import OVERLAP, predict_image
+from .tta import tta_record
 
 
 def _rank_world() -> tuple[int, int]:
@@ -28,8 +30,10 @@ def _rank_world() -> tuple[int, int]:
 def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: torch.dtype | None = None,
              pred_dir: str | Path | None = None, progress: bool = False,
              channels_last: bool = False, boundary_width: int | None = None,
-             per_image: bool = False) -> dict:
-    """Scores ``model`` on ``dataset`` (whole images, one at a time, at the labels' resolution).
+             per_image: bool = False, scales=None, flip: bool = False, window: tuple[int, int] | None = None,
+             overlap: int = OVERLAP) -> dict:
+    """Scores ``model`` on ``dataset`` (whole images, one at a time, at the labels' resolution), optionally as
+    papers evaluate: test-time augmentation and sliding windows.
 
     Under ``torch.distributed`` each process takes every ``world``-th image and the confusion matrices are
     summed, so every process returns the same scores.
@@ -45,13 +49,22 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
         boundary_width: also score the pixels within this many pixels of a label edge
             (``metrics.boundary_band``) and return their scores under ``boundary``; None: off.
         per_image: also score each image on its own (for the report's gallery of the worst images).
+        scales, flip: test-time augmentation: the probabilities of each input scale (e.g. 0.75 1.0 1.25 1.5)
+            and of the mirrored image, averaged (``fcnseg.tta``); None and False: the image as it is.
+        window: ``(H, W)``: images taller than H or wider than W are segmented in overlapping ``H x W``
+            windows (sliding-window evaluation, ``fcnseg.predict``'s tiling), ``overlap`` pixels apart.
 
     Returns:
         ``pixel_acc``, ``mean_acc``, ``mean_iu``, ``fw_iu``, ``per_class_iu``, ``per_class_acc``, ``mean_dice``,
         ``mean_precision``, ``mean_recall`` and their ``per_class_*`` lists (``metrics.f_scores``),
         ``class_names``, ``num_images``, ``images_per_s`` and ``confusion`` (a list of lists); with
         ``boundary_width``, ``boundary``: the same scores (without the matrix) on the edge band, and its width.
-        with ``per_image``, also ``per_image``: ``index``, ``name``, ``mean_iu``, ``pixel_acc`` of every image.
+        with ``per_image``, also ``per_image``: ``index``, ``name``, ``mean_iu``, ``pixel_acc`` of every image;
+        ``tta``: the ``scales``, ``flip``, ``window`` and ``overlap`` used (``fcnseg.tta.tta_record``).
+
+    Raises:
+        ValueError: the dataset's and the model's classes differ, a bad scale, or options a multilabel model
+            cannot take.
     """
     import time
 
@@ -64,6 +77,8 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     if task == "multilabel" and (boundary_width or per_image or pred_dir is not None):
         raise ValueError("multilabel evaluation scores per-class masks: boundary_width, per_image and pred_dir "
                          "are for multiclass and binary models")
+    tta = tta_record(scales, flip, window, overlap)
+    plain = tta["scales"] == [1.0] and not flip and not window
     was_training = net.training
     net.eval()
     rank, world = _rank_world()
@@ -81,12 +96,8 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     image_scores: list[dict] = []
     for i in indices:
         image, labels = dataset[i]
-        x = image.unsqueeze(0).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(torch.device(device).type, amp_dtype, enabled=amp_dtype is not None):
-            scores = net(x)
-        pred = net.labels(scores)[0] if hasattr(net, "labels") else scores.argmax(1)[0]
+            pred = _predict(net, image, device, channels_last, None if plain else tta)
         labels = labels.to(device)
         cm.update(labels, pred)
         if band_cm is not None:
@@ -110,16 +121,36 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     result = _foreground_first(cm.compute()) if task == "binary" else cm.compute()
     result.update(task=task, class_names=list(net.class_names), num_images=int(counts[0]),
                   images_per_s=float(counts[0] / counts[1] * world) if counts[1] > 0 else float("nan"),
-                  confusion=cm.mat.cpu().tolist())
+                  confusion=cm.mat.cpu().tolist(), tta=tta)
     if band_cm is not None:
         result["boundary"] = {"width": int(boundary_width), **band_cm.compute()}
     if per_image:
-        if world > 1:
-            gathered: list = [None] * world
-            dist.all_gather_object(gathered, image_scores)
-            image_scores = [r for part in gathered for r in part]
-        result["per_image"] = sorted(image_scores, key=lambda r: r["index"])
+        result["per_image"] = _gathered(image_scores, world)
     return result
+
+
+def _gathered(image_scores: list[dict], world: int) -> list[dict]:
+    """Every process's per-image scores, in dataset order."""
+    if world > 1:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, image_scores)
+        image_scores = [r for part in gathered for r in part]
+    return sorted(image_scores, key=lambda r: r["index"])
+
+
+def _predict(net, image: torch.Tensor, device, channels_last: bool, tta: dict | None) -> torch.Tensor:
+    """Labels of one ``(C, H, W)`` image on ``device``: one forward pass, or with ``tta`` (``tta_record``) through
+    ``fcnseg.models.inference``'s windows and test-time augmentation. ``(H, W)`` (``(K, H, W)`` multilabel) int64."""
+    x = image.unsqueeze(0).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if tta is None:
+        scores = net(x)
+        return net.labels(scores)[0] if hasattr(net, "labels") else scores.argmax(1)[0]
+    window = tuple(tta["window"]) if tta["window"] else None
+    labels, _ = predict_image(net, x[0], tile=window, overlap=tta["overlap"] or 0, flip=tta["flip"],
+                              scales=tta["scales"])
+    return torch.from_numpy(labels.astype(np.int64)).to(device)
 
 
 FOREGROUND = ("iu", "dice", "precision", "recall")

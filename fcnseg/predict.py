@@ -27,7 +27,7 @@ from PIL import Image
 from .data.images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image, to_float, to_tensor
 from .data.palettes import label_image, overlay
 from .io.atomic import atomic_write
-from .models.inference import OVERLAP, TILE, decide_labels, label_dtype, predict_image, probabilities
+from .models.inference import OVERLAP, TILE, decide_labels, label_dtype, predict_image, probabilities, window
 
 
 def load_for_inference(name: str, backend: str, device: str):
@@ -110,9 +110,9 @@ def _read_ahead(files: list[Path], max_pixels: int | None, depth: int = 2,
             yield g, fut.result()
 
 
-def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None = TILE, overlap: int = OVERLAP,
-                 flip: bool = False, max_size: int | None = None, return_probs: bool = False,
-                 max_pixels: int | None = MAX_PIXELS) -> Iterator[Prediction]:
+def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | tuple[int, int] | None = TILE,
+                 overlap: int = OVERLAP, flip: bool = False, max_size: int | None = None, return_probs: bool = False,
+                 max_pixels: int | None = MAX_PIXELS, scales=None) -> Iterator[Prediction]:
     """Yields a ``Prediction`` per image file in ``inputs`` (files, folders, globs), in order.
 
     Consecutive images of the same size that fit one window go through the model together, ``batch_size``
@@ -120,7 +120,7 @@ def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None =
     Other arguments are those of ``predict_image``.
     """
     kw = dict(tile=tile, overlap=overlap, flip=flip, batch_size=batch_size, max_size=max_size,
-              return_probs=return_probs)
+              return_probs=return_probs, scales=scales)
     pending: list[tuple[Path, np.ndarray]] = []
     channels = getattr(model, "in_channels", 3)
 
@@ -130,7 +130,7 @@ def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None =
         t = time.perf_counter()
         batch = torch.stack([to_float(to_tensor(a, channels)) for _, a in pending])
         with torch.inference_mode():
-            p = probabilities(model, batch, flip)
+            p = probabilities(model, batch, flip, scales)
         labels = decide_labels(model, p, 1).numpy().astype(label_dtype(model.num_classes))
         dt = (time.perf_counter() - t) / len(pending)
         for k, (f, a) in enumerate(pending):
@@ -143,7 +143,7 @@ def predict_iter(model, inputs: list, *, batch_size: int = 1, tile: int | None =
             yield Prediction(f, error=str(image))
             continue
         h, w = image.shape[:2]
-        whole = (not tile or h * w <= tile * tile) and not (max_size and max(h, w) > max_size)
+        whole = window(h, w, tile) == (h, w) and not (max_size and max(h, w) > max_size)
         if batch_size > 1 and whole:
             if pending and pending[0][1].shape != image.shape:
                 yield from flush()

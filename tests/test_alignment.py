@@ -65,8 +65,11 @@ def _model(arch: str, backbone: str, padding: str | None = None) -> fcnseg.FCN:
     return fcnseg.build_model(arch, backbone, 2, padding=padding)
 
 
-PAIRS = [(arch, backbone, None) for backbone in fcnseg.BACKBONES for arch in fcnseg.ARCHS]
-PAIRS += [("fcn8s", "vgg16", "same"), ("fcn8s", "alexnet", "same")]
+# AlexNet's conv1 has stride 4: it has no stride-2 features, so no FCN-2s (refused, below).
+PAIRS = [(arch, backbone, None) for backbone in fcnseg.BACKBONES for arch in fcnseg.ARCHS
+         if (arch, backbone) != ("fcn2s", "alexnet")]
+PAIRS += [(arch, "vgg16", "same") for arch in ("fcn8s", "fcn4s", "fcn2s")]
+PAIRS += [("fcn8s", "alexnet", "same"), ("fcn4s", "alexnet", "same")]
 SYMMETRIC = [(449, 481)]
 # Odd, prime, not multiples of 32, and the multiples of 32 that training crops use. Smaller images cut most of a
 # linearised trunk's footprint away (its constant kernels reach hundreds of pixels): tiny sizes are checked for
@@ -88,6 +91,33 @@ def test_receptive_field_centre_at_every_size(backbone, padding):
     offsets = np.array([_offset(_linearised(_model("fcn8s", backbone, padding)), h, w) for h, w in SWEEP]).ravel()
     # Where the borders cut the footprint unevenly it moves by a fraction of a pixel (fcnseg 0.1: 6 to 14 pixels).
     assert np.abs(offsets).max() < 1.0 and np.abs(offsets).mean() < 0.35, offsets.round(3)
+
+
+@pytest.mark.parametrize("arch,backbone", [("fcn4s", "efficientnet_lite0"), ("fcn2s", "efficientnet_lite0"),
+                                           ("fcn4s", "resnet18"), ("fcn2s", "mobilenet_v3_large"),
+                                           ("fcn4s", "alexnet")])
+def test_finer_skips_centre_at_every_size(arch, backbone):
+    """FCN-4s/2s: the stride-4/-2 skips and their crops keep the output on the input at every size."""
+    offsets = np.array([_offset(_linearised(_model(arch, backbone)), h, w) for h, w in SWEEP]).ravel()
+    assert np.abs(offsets).max() < 1.0 and np.abs(offsets).mean() < 0.35, offsets.round(3)
+
+
+def test_a_fine_skip_crop_off_by_one_is_detected():
+    """The stride-2 skip cropped one cell off (2 pixels) moves the footprint of FCN-2s's fused scores."""
+    model = _linearised(_model("fcn2s", "efficientnet_lite0"))
+    dr0, dc0 = _offset(model, *SYMMETRIC[0])
+    model.skip_crops[3] -= 1
+    dr, dc = _offset(model, *SYMMETRIC[0])
+    assert abs(dr0) < 0.02 and abs(dr - dr0) > 0.25 and abs(dc - dc0) > 0.25, (dr0, dr, dc)
+
+
+def test_finer_skips_need_the_trunk_to_have_those_strides():
+    with pytest.raises(ValueError, match="'alexnet' has no stride-2 features: use fcn4s"):
+        _model("fcn2s", "alexnet")
+    trunk = fcnseg.models.build_trunk("resnet18")
+    trunk.fine_taps = {}  # a trunk that gives only strides 8, 16, 32 (e.g. a user's own)
+    with pytest.raises(ValueError, match="no stride-4/2 features: use fcn8s"):
+        fcnseg.FCN(trunk, 2, "fcn2s")
 
 
 def test_a_crop_off_by_one_is_detected():
@@ -138,9 +168,10 @@ def test_size_dependent_padding_is_refused():
 
 
 @pytest.mark.parametrize("size", [(1, 1), (7, 5), (31, 33), (33, 17)])
-@pytest.mark.parametrize("backbone", fcnseg.BACKBONES)
-def test_tiny_inputs_give_scores_of_their_size(backbone, size):
-    model = _model("fcn8s", backbone).eval()
+@pytest.mark.parametrize("arch,backbone", [("fcn8s", b) for b in fcnseg.BACKBONES]
+                         + [("fcn2s", b) for b in fcnseg.BACKBONES if b != "alexnet"] + [("fcn4s", "alexnet")])
+def test_tiny_inputs_give_scores_of_their_size(arch, backbone, size):
+    model = _model(arch, backbone).eval()
     with torch.inference_mode():
         out = model(torch.rand(1, 3, *size))
     assert out.shape == (1, 2, *size) and torch.isfinite(out).all()

@@ -15,7 +15,7 @@ PACKAGE = REPO / "fcnseg"
 # Top-level parts of fcnseg by layer, bottom (0) to top. The root package is the public API: it may import anything
 # and nothing may import it.
 LAYERS = {
-    "core": ("models", "data", "metrics", "losses", "tasks", "preprocessing", "version", "_optional"),
+    "core": ("models", "data", "metrics", "losses", "tasks", "preprocessing", "version", "_optional", "tta"),
     "io": ("io", "pretrained", "hub"),
     "runtime": ("runtime",),
     "jobs": ("train", "evaluate", "predict", "export", "video"),

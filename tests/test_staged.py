@@ -1,4 +1,5 @@
-"""Staged training's initialisation: FCN-16s from FCN-32s, FCN-8s from FCN-16s."""
+"""Staged training's initialisation: FCN-16s from FCN-32s, FCN-8s from FCN-16s, and on below stride 8:
+FCN-4s from FCN-8s, FCN-2s from FCN-4s."""
 
 import pytest
 import torch
@@ -44,10 +45,45 @@ def test_new_skip_adds_exactly_zero_and_agrees_with_its_parent(backbone, record_
     assert agree16 > 0.9 and agree8 > 0.9
 
 
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "vgg16"])
+def test_finer_skips_grow_from_fcn8s_adding_exactly_zero(backbone, record_property):
+    """8s -> 4s -> 2s as the paper grows 32s -> 16s -> 8s: the new score layer (score_pool2, score_pool1) starts
+    at zero, everything else is copied, and only the extra bilinear step moves the labels."""
+    torch.manual_seed(0)
+    m8 = _trained_like(fcnseg.build_model("fcn8s", backbone, 4))
+    m4 = fcnseg.staged_init(m8).eval()
+    seen = {}
+    m4.score_pool2.register_forward_hook(lambda m, i, o: seen.__setitem__("pool2", o.clone()))
+    x = torch.rand(1, 3, 80, 112)
+    with torch.no_grad():
+        s8, s4 = m8(x), m4(x)
+    assert m4.arch == "fcn4s" and seen["pool2"].abs().max() == 0
+    for name in ("score_fr", "score_pool4", "score_pool3"):
+        assert torch.equal(getattr(m4, name).weight, getattr(m8, name).weight)
+    m2 = fcnseg.staged_init(_trained_like(m4)).eval()
+    m2.score_pool1.register_forward_hook(lambda m, i, o: seen.__setitem__("pool1", o.clone()))
+    with torch.no_grad():
+        s4b, s2 = m4(x), m2(x)
+    assert m2.arch == "fcn2s" and seen["pool1"].abs().max() == 0
+    assert torch.equal(m2.score_pool2.weight, m4.score_pool2.weight)
+    agree4 = (s4.argmax(1) == s8.argmax(1)).float().mean().item()
+    agree2 = (s2.argmax(1) == s4b.argmax(1)).float().mean().item()
+    record_property("argmax_agreement_4s_vs_8s", agree4)
+    record_property("argmax_agreement_2s_vs_4s", agree2)
+    assert agree4 > 0.9 and agree2 > 0.9
+    assert fcnseg.staged_init(m8, "fcn2s").arch == "fcn2s"  # two stages at once, as 32s -> 8s
+
+
 def test_staged_init_keeps_preprocessing_and_refuses_wrong_order():
-    m8 = fcnseg.build_model("fcn8s", "resnet18", 3)
-    with pytest.raises(ValueError, match="grows fcn32s -> fcn16s -> fcn8s"):
-        fcnseg.staged_init(m8)
+    m2 = fcnseg.build_model("fcn2s", "resnet18", 3)
+    with pytest.raises(ValueError, match="grows fcn32s -> fcn16s -> fcn8s -> fcn4s -> fcn2s; got a fcn2s"):
+        fcnseg.staged_init(m2)
+    with pytest.raises(ValueError, match="got a fcn8s-atonce"):
+        fcnseg.staged_init(fcnseg.build_model("fcn8s-atonce", "resnet18", 3))
+    with pytest.raises(ValueError, match="cannot grow a fcn8s into 'fcn16s'"):
+        fcnseg.staged_init(fcnseg.build_model("fcn8s", "resnet18", 3), "fcn16s")
+    with pytest.raises(ValueError, match="'alexnet' has no stride-2 features"):
+        fcnseg.staged_init(fcnseg.build_model("fcn4s", "alexnet", 3))
     m32 = fcnseg.build_model("fcn32s", "efficientnet_lite0", 3)
     assert fcnseg.staged_init(m32, "fcn8s").preprocessing == m32.preprocessing
 
@@ -76,3 +112,24 @@ def test_a_training_checkpoint_rebuilds_the_model_it_saved(tmp_path, with_spec):
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
     assert again.spec == model.spec.replace(class_names=tuple(names))
+
+
+def test_init_from_grows_a_saved_fcn8s_into_fcn4s_and_fcn2s(tmp_path):
+    """The train config's ``init_from`` takes the staged step below stride 8 too (8s -> 4s, 8s -> 2s)."""
+    from fcnseg.io.modelfile import save_model
+    from fcnseg.train import load_config
+    from fcnseg.train.model import build
+
+    names = ["background", "vessel"]
+    m8 = _trained_like(fcnseg.build_model("fcn8s", "efficientnet_lite0", 2, class_names=names))
+    save_model(m8, tmp_path / "m8.safetensors")
+    x = torch.rand(1, 3, 48, 64)
+    for arch in ("fcn4s", "fcn2s"):
+        cfg = load_config(None, {"arch": arch, "init_from": str(tmp_path / "m8.safetensors"), "dataset": "folder",
+                                 "root": str(tmp_path)})
+        model = build(cfg, names, [(0, 0, 0), (255, 0, 0)]).eval()
+        assert model.arch == arch and torch.equal(model.score_pool3.weight, m8.score_pool3.weight)
+        assert model.score_pool2.weight.abs().max() == 0
+        with torch.no_grad():
+            agree = (model(x).argmax(1) == m8(x).argmax(1)).float().mean().item()
+        assert agree > 0.9, (arch, agree)

@@ -1,10 +1,15 @@
-"""FCN-32s, FCN-16s and FCN-8s on any trunk (the paper, section 4.2).
+"""FCN-32s, FCN-16s and FCN-8s on any trunk (the paper, section 4.2), and FCN-4s and FCN-2s below them.
 
 The head scores the stride-32 features (``score_fr``), upsamples by 2 (``upscore2``), adds scores of the
 stride-16 features (``score_pool4``), upsamples by 2 again (``upscore_pool4``), adds scores of the stride-8
 features (``score_pool3``) and upsamples to the image (``upscore8``). FCN-32s stops after ``score_fr``
 (``upscore``, x32), FCN-16s after the first fusion (``upscore16``). Every crop offset is computed from
 the trunk's layer geometry; with VGG16 and the paper's padding they come out as the authors' 5, 9, 31.
+
+FCN-4s and FCN-2s continue the same skip idea below stride 8 for thin structures: after the stride-8 fusion
+``upscore_pool3`` upsamples by 2, ``score_pool2`` scores the stride-4 features and adds in, and (FCN-2s)
+``upscore_pool2`` and ``score_pool1`` do the same at stride 2; the last map goes to the image by ``upscore4``
+(FCN-4s) or ``upscore_pool1`` (FCN-2s).
 """
 
 from __future__ import annotations
@@ -20,14 +25,19 @@ from ..tasks import check_task, decide, labels_from_scores, output_channels
 from .geometry import Affine, nominal
 from .inference import predict_image, probabilities
 from .spec import BUILDERS, ModelSpec
-from .trunks import STRIDES, build_trunk
+from .trunks import FINE_STRIDES, STRIDES, build_trunk
 from .upsample import BilinearUpsample
 
-ARCHS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce")
+ARCHS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn4s", "fcn2s")
 # Strides whose features are fused, coarse to fine, for each architecture.
-SKIPS = {"fcn32s": (), "fcn16s": (16,), "fcn8s": (16, 8), "fcn8s-atonce": (16, 8)}
-# The authors' layer names for the skip at each stride: (score layer, upsampling that feeds the fusion).
-SKIP_NAMES = {16: ("score_pool4", "upscore2"), 8: ("score_pool3", "upscore_pool4")}
+SKIPS = {"fcn32s": (), "fcn16s": (16,), "fcn8s": (16, 8), "fcn8s-atonce": (16, 8), "fcn4s": (16, 8, 4),
+         "fcn2s": (16, 8, 4, 2)}
+# The authors' layer names for the skip at each stride: (score layer, upsampling that feeds the fusion);
+# strides 4 and 2 continue their pattern (VGG16's pool2 and pool1).
+SKIP_NAMES = {16: ("score_pool4", "upscore2"), 8: ("score_pool3", "upscore_pool4"),
+              4: ("score_pool2", "upscore_pool3"), 2: ("score_pool1", "upscore_pool2")}
+# The final upsampling to the image, by the stride of the last fused map ("upscore2" is taken by the skip path).
+FINAL_NAMES = {32: "upscore", 16: "upscore16", 8: "upscore8", 4: "upscore4", 2: "upscore_pool1"}
 # FCN-8s at-once (the authors' release) scales pool4 by 0.01 and pool3 by 0.0001 before scoring, so that
 # the finer skips start small relative to the stride-32 scores.
 ATONCE_SCALES = {16: 0.01, 8: 0.0001}
@@ -44,7 +54,8 @@ class FCN(nn.Module):
     trunk's exact geometry (``trunks.trunk_geometry``), which is the same at every input size.
 
     Args:
-        trunk: a trunk from ``trunks.py`` (returns stride-8, -16 and -32 features and knows their geometry).
+        trunk: a trunk from ``trunks.py`` (returns stride-8, -16 and -32 features and knows their geometry;
+            for "fcn4s"/"fcn2s" also its stride-4/-2 ``fine_taps``).
         num_classes: number of classes scored, background included (21 for PASCAL VOC).
         arch: one of ``ARCHS``.
         upsampling: "paper" (the authors' choice: upsampling inside the skip path learned, the final one
@@ -60,7 +71,8 @@ class FCN(nn.Module):
         threshold: binary and multilabel: probability from which a pixel is foreground / has the class.
 
     Raises:
-        ValueError: an unknown ``arch``, ``upsampling``, ``alignment`` or ``task``, or a bad ``num_classes``.
+        ValueError: an unknown ``arch``, ``upsampling``, ``alignment`` or ``task``, a bad ``num_classes``, or
+            "fcn4s"/"fcn2s" on a trunk without stride-4/-2 features.
     """
 
     def __init__(self, trunk: nn.Module, num_classes: int, arch: str = "fcn8s", upsampling: str = "paper",
@@ -76,19 +88,21 @@ class FCN(nn.Module):
         self.arch, self.num_classes, self.upsampling, self.alignment = arch, num_classes, upsampling, alignment
         self.task, self.threshold = task, float(threshold)
         self.in_channels = getattr(trunk, "in_channels", 3)  # see channels.adapt_input_channels
+        self.fine = tuple(s for s in SKIPS[arch] if s in FINE_STRIDES)
+        _check_fine(trunk, arch, self.fine)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.palette = default_palette(num_classes)  # colours for drawing; datasets and saved models set theirs
         num_classes = output_channels(task, num_classes)  # from here on: channels scored (1 for binary)
         self.normalize = Normalize(trunk.preprocessing)
         self.trunk = trunk
-        channels = dict(zip(STRIDES, trunk.channels))
+        channels = {**dict(zip(STRIDES, trunk.channels)), **getattr(trunk, "fine_channels", {})}
         if trunk.padding == "tf" and alignment != "legacy":
             raise ValueError("padding 'tf' (TensorFlow's size-dependent 'same' padding) has no fixed geometry; "
                              "it is kept for alignment='legacy' models only: use padding='same'")
         mode = "paper" if trunk.padding == "paper" else "legacy" if alignment == "legacy" else "same"
-        geometry = dict(zip(STRIDES, trunk.geometry))
+        geometry = {**dict(zip(STRIDES, trunk.geometry)), **getattr(trunk, "fine_geometry", {})}
         if mode == "legacy":
-            geometry = {s: nominal(s) for s in STRIDES}
+            geometry = {s: nominal(s) for s in geometry}
         # "same" maps end at the image border, so the score map is extended by one edge cell on each side
         # before each upsampling: the first and last pixels are interpolated, never faded towards zero.
         self.edge = 1 if mode == "same" else 0
@@ -109,7 +123,7 @@ class FCN(nn.Module):
             self.skip_crops.append(g.cells_from(geometry[stride]))
             if self.skip_crops[-1] < 0:
                 g = geometry[stride]  # the fused map is the skip's cells
-        self.final_name = "upscore" if not self.skips else f"upscore{int(g.scale)}"
+        self.final_name = FINAL_NAMES[int(g.scale)]
         up, g = _aligned_upsample(g, Affine(), num_classes, mode, learnable=upsampling == "learned")
         setattr(self, self.final_name, up)
         self.final_crop = Affine().cells_from(g)  # where image pixel 0 falls in the last upsampled map
@@ -153,7 +167,8 @@ class FCN(nn.Module):
         top = left = 0
         if self.input_multiple > 1:
             x, top, left = _pad_to_multiple(x, self.input_multiple)
-        feats = dict(zip(STRIDES, self.trunk(self.normalize(x))))
+        x = self.normalize(x)
+        feats = dict(zip(STRIDES + self.fine, self.trunk(x, self.fine) if self.fine else self.trunk(x)))
         score = self.score_fr(feats[32])
         for stride, scale, crop in zip(self.skips, self.skip_scales, self.skip_crops):
             score_name, up_name = SKIP_NAMES[stride]
@@ -179,8 +194,9 @@ class FCN(nn.Module):
                 tensor (uint8, or float in [0, 1]), or with ``batch=True`` an ``(N, 3, H, W)`` float tensor.
                 Grey, RGBA, CMYK and 16-bit files are converted to RGB; photos are turned upright per EXIF.
             batch: whether ``image`` is a batch tensor (segmented in one pass, whole).
-            kwargs: for single images, options of ``fcnseg.models.inference.predict_image``: ``tile`` (window size for
-                large images), ``overlap``, ``flip`` (test-time augmentation), ``max_size``, ``batch_size``.
+            kwargs: options of ``fcnseg.models.inference.predict_image``: ``flip`` and ``scales`` (test-time
+                augmentation, ``fcnseg.tta``; batches too), and for single images ``tile`` (window size for
+                large images, or ``(H, W)``), ``overlap``, ``max_size``, ``batch_size``.
 
         Returns:
             ``(H, W)`` int64 labels (``(N, H, W)`` for a batch), on the CPU: class indices, 0/1 for a binary
@@ -195,8 +211,8 @@ class FCN(nn.Module):
         try:
             if batch:
                 with torch.inference_mode():
-                    return decide(probabilities(self, image, flip=kwargs.get("flip", False)), self.task,
-                                  self.threshold)
+                    return decide(probabilities(self, image, flip=kwargs.get("flip", False),
+                                                scales=kwargs.get("scales")), self.task, self.threshold)
             return torch.from_numpy(predict_image(self, image, **kwargs)[0].astype(np.int64))
         finally:
             self.train(was_training)
@@ -257,6 +273,16 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int,
     return F.pad(x, (left, pw - left, top, ph - top), mode="replicate"), top, left
 
 
+def _check_fine(trunk: nn.Module, arch: str, fine: tuple[int, ...]) -> None:
+    """Refuses FCN-4s/2s on a trunk that lacks the stride-4/-2 features they fuse."""
+    have = getattr(trunk, "fine_taps", {})
+    lacking = [s for s in fine if s not in have]
+    if lacking:
+        name = getattr(trunk, "backbone", type(trunk).__name__)
+        raise ValueError(f"{arch} fuses stride-{'/'.join(map(str, fine))} features, and backbone {name!r} has no "
+                         f"stride-{'/'.join(map(str, lacking))} features: use {'fcn4s' if 4 in have else 'fcn8s'}")
+
+
 def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
@@ -289,7 +315,7 @@ def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=
     """Builds an FCN.
 
     Args:
-        arch: "fcn32s", "fcn16s", "fcn8s" or "fcn8s-atonce".
+        arch: "fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", or "fcn4s"/"fcn2s" (trunks with stride-4/-2 features).
         backbone: one of ``fcnseg.BACKBONES`` ("vgg16", "alexnet", "googlenet", "resnet18", "resnet50",
             "mobilenet_v3_large", "efficientnet_lite0/1/2").
         num_classes: classes scored, background included.
@@ -307,7 +333,8 @@ def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=
             from the weights' RGB statistics), in the [0, 1] range of the input (times the weights' scale).
 
     Raises:
-        ValueError: an unknown arch, backbone, padding, upsampling, alignment or task, or a bad ``num_classes``.
+        ValueError: an unknown arch, backbone, padding, upsampling, alignment or task, a bad ``num_classes``, or
+            fcn2s on a backbone without stride-2 features (alexnet).
     """
     _check_choice("arch", arch, ARCHS)
     _check_choice("alignment", alignment, ALIGNMENTS)
@@ -326,20 +353,27 @@ def build_model(arch: str, backbone: str, num_classes: int, pretrained_backbone=
     return FCN(trunk, num_classes, arch, upsampling, class_names, alignment, task=task, threshold=threshold)
 
 
+STAGES = ("fcn32s", "fcn16s", "fcn8s", "fcn4s", "fcn2s")
+
+
 def staged_init(coarse: FCN, arch: str | None = None) -> FCN:
-    """The paper's staged training: FCN-16s from a trained FCN-32s, FCN-8s from a trained FCN-16s.
+    """The paper's staged training: FCN-16s from a trained FCN-32s, FCN-8s from a trained FCN-16s, and on
+    below stride 8: FCN-4s from a trained FCN-8s, FCN-2s from a trained FCN-4s.
 
     The new model shares nothing with ``coarse`` (weights are copied). The trunk, ``score_fr`` and any
     existing skip layers carry over; the new skip's score layer starts at zero, so at initialisation it
     adds exactly nothing, and new upsampling layers start at bilinear.
 
     Args:
-        coarse: a trained "fcn32s" or "fcn16s".
-        arch: the target ("fcn16s" or "fcn8s"); default the next finer one.
+        coarse: a trained "fcn32s", "fcn16s", "fcn8s" or "fcn4s".
+        arch: any finer one of those and "fcn2s"; default the next finer one.
+
+    Raises:
+        ValueError: ``coarse`` is an fcn2s or fcn8s-atonce, ``arch`` is not finer, or the trunk lacks its strides.
     """
-    order = ("fcn32s", "fcn16s", "fcn8s")
-    if coarse.arch not in order[:2]:
-        raise ValueError(f"staged initialisation grows fcn32s -> fcn16s -> fcn8s; got a {coarse.arch}")
+    order = STAGES
+    if coarse.arch not in order[:-1]:
+        raise ValueError(f"staged initialisation grows {' -> '.join(order)}; got a {coarse.arch}")
     arch = arch or order[order.index(coarse.arch) + 1]
     if arch not in order or order.index(arch) <= order.index(coarse.arch):
         raise ValueError(f"cannot grow a {coarse.arch} into {arch!r}")

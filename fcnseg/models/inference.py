@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .. import tasks
 from ..data.images import to_float, to_tensor
+from ..tta import tta_probabilities
 
 TILE = 1024  # windows of 1 Mpixel keep VGG16's activations near 1.5 GB and Lite0's far below
 OVERLAP = 128
@@ -35,15 +36,11 @@ def forward(model, x: torch.Tensor) -> torch.Tensor:
     return model(x)
 
 
-def probabilities(model, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
+def probabilities(model, x: torch.Tensor, flip: bool = False, scales=None) -> torch.Tensor:
     """Class probabilities ``(N, C, H, W)`` (float32, CPU) of a float batch: softmax, or for a binary model
-    ``[1 - p, p]``, for a multilabel one the K sigmoids (``fcnseg.tasks.probabilities``); ``flip`` averages
-    them with those of the mirrored images (test-time augmentation)."""
-    task = _task(model)[0]
-    p = tasks.probabilities(forward(model, x), task)
-    if flip:
-        p = (p + tasks.probabilities(forward(model, x.flip(-1)), task).flip(-1)) / 2
-    return p.cpu()
+    ``[1 - p, p]``, for a multilabel one the K sigmoids (``fcnseg.tasks.probabilities``); ``flip`` and
+    ``scales`` average them over the mirrored images and the input scales (``fcnseg.tta.tta_probabilities``)."""
+    return tta_probabilities(lambda t: forward(model, t), x, _task(model)[0], scales, flip).cpu()
 
 
 def _task(model) -> tuple[str, float]:
@@ -79,18 +76,20 @@ def label_dtype(num_classes: int):
 
 
 @torch.inference_mode()
-def predict_image(model, image, *, tile: int | None = TILE, overlap: int = OVERLAP, flip: bool = False,
-                  batch_size: int = 1, max_size: int | None = None,
-                  return_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_image(model, image, *, tile: int | tuple[int, int] | None = TILE, overlap: int = OVERLAP,
+                  flip: bool = False, batch_size: int = 1, max_size: int | None = None,
+                  return_probs: bool = False, scales=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Segments one image of any size.
 
     Args:
         model: an ``FCN`` or ``OnnxModel`` (see the module docstring).
         image: a path, PIL image, ``HxWx3`` array (uint8, uint16 or float in [0, 1]) or ``(3, H, W)`` tensor.
         tile: images with more than ``tile * tile`` pixels are segmented in overlapping ``tile x tile``
-            windows; None segments every image whole.
+            windows; a pair ``(H, W)``: images taller than H or wider than W are segmented in ``H x W`` windows
+            (sliding-window evaluation); None segments every image whole.
         overlap: pixels shared by neighbouring windows (blended).
         flip: also segment the mirrored image and average the probabilities.
+        scales: input scales whose probabilities are averaged (``fcnseg.tta``; None: 1.0 alone), per window.
         batch_size: windows per forward pass.
         max_size: segment a copy downscaled to this long side, then bring labels back to full size.
         return_probs: also return the ``(C, H, W)`` float16 class probabilities.
@@ -109,21 +108,26 @@ def predict_image(model, image, *, tile: int | None = TILE, overlap: int = OVERL
         s = max_size / max(h0, w0)
         size = (max(1, round(h0 * s)), max(1, round(w0 * s)))
         x = F.interpolate(to_float(x)[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-        labels, probs = _tiled(model, x, tile, overlap, flip, batch_size, return_probs=True)
+        labels, probs = _tiled(model, x, tile, overlap, flip, batch_size, return_probs=True, scales=scales)
         up = F.interpolate(torch.from_numpy(probs.astype(np.float32))[None], size=(h0, w0), mode="bilinear",
                            align_corners=False)[0]
         return decide_labels(model, up, 0).numpy().astype(labels.dtype), (up.half().numpy() if return_probs else None)
-    return _tiled(model, x, tile, overlap, flip, batch_size, return_probs)
+    return _tiled(model, x, tile, overlap, flip, batch_size, return_probs, scales)
 
 
-def _tiled(model, x: torch.Tensor, tile: int | None, overlap: int, flip: bool, batch_size: int,
-           return_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def window(h: int, w: int, tile: int | tuple[int, int] | None) -> tuple[int, int]:
+    """The window an ``h x w`` image is segmented in: the whole image unless it exceeds ``tile`` (an area
+    ``tile * tile``, or a pair ``(H, W)`` exceeded in either side)."""
+    if isinstance(tile, (tuple, list)):
+        return (min(tile[0], h), min(tile[1], w)) if h > tile[0] or w > tile[1] else (h, w)
+    return (min(tile, h), min(tile, w)) if tile and h * w > tile * tile else (h, w)
+
+
+def _tiled(model, x: torch.Tensor, tile: int | tuple[int, int] | None, overlap: int, flip: bool, batch_size: int,
+           return_probs: bool, scales=None) -> tuple[np.ndarray, np.ndarray | None]:
     c = model.num_classes
     _, h, w = x.shape
-    if tile and h * w > tile * tile:
-        th, tw = min(tile, h), min(tile, w)
-    else:
-        th, tw = h, w
+    th, tw = window(h, w, tile)
     overlap = max(0, min(overlap, th - 1, tw - 1))
     ys, xs = _starts(h, th, overlap), _starts(w, tw, overlap)
     weight = torch.outer(_ramp(th, overlap if len(ys) > 1 else 0), _ramp(tw, overlap if len(xs) > 1 else 0))
@@ -136,7 +140,7 @@ def _tiled(model, x: torch.Tensor, tile: int | None, overlap: int, flip: bool, b
         for j in range(0, len(xs), batch_size):
             cols = xs[j:j + batch_size]
             batch = torch.stack([to_float(x[:, y0:y0 + th, x0:x0 + tw]) for x0 in cols])
-            p = probabilities(model, batch, flip)
+            p = probabilities(model, batch, flip, scales)
             for k, x0 in enumerate(cols):
                 acc[:, :, x0:x0 + tw] += p[k] * weight
                 wsum[:, x0:x0 + tw] += weight

@@ -2,8 +2,9 @@
 
 Each trunk is built once, here, and returns three feature maps at strides 8, 16 and 32 (named after
 VGG16's ``pool3``, ``pool4`` and ``fc7``). FCN-32s, -16s and -8s differ only in which of them the head
-uses. Layer names follow the source model (the authors' Caffe names for VGG16 and AlexNet, torchvision's
-or timm's elsewhere) so that pretrained weights load by name.
+uses. Trunks that have them also give the stride-4 and stride-2 features (``fine_taps``: VGG16's ``pool2``
+and ``pool1``) on request, for FCN-4s and FCN-2s. Layer names follow the source model (the authors' Caffe
+names for VGG16 and AlexNet, torchvision's or timm's elsewhere) so that pretrained weights load by name.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Trunk(Protocol):
             pretrained weights' own and returns it.
 
     Called with a normalised ``(N, C, H, W)`` float batch, it returns the three feature maps, fine to coarse.
+    A trunk with features below stride 8 also names them in ``fine_taps`` (``{stride: layer}``, for FCN-4s
+    and FCN-2s; see ``fine_trunk_geometry``).
     """
 
     backbone: str
@@ -46,6 +49,7 @@ class Trunk(Protocol):
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
+FINE_STRIDES = (4, 2)  # below stride 8, coarse to fine: the order FCN-4s and FCN-2s fuse them in
 # Measured geometry per (backbone, padding): probing a trunk costs seconds, its layers' places never change.
 _PROBED: dict[tuple[str, str], tuple[Affine, ...]] = {}
 
@@ -70,12 +74,49 @@ def trunk_geometry(trunk: nn.Module, key: tuple[str, str] | None = None) -> tupl
     return maps
 
 
+def fine_trunk_geometry(trunk: nn.Module, key: tuple[str, str] | None = None) -> dict[int, Affine]:
+    """``{stride: affine map}`` of the trunk's stride-4/-2 features (``trunk.fine_taps``), followed or probed
+    as ``trunk_geometry`` does (probing cells this fine costs milliseconds).
+
+    Raises:
+        GeometryError: the features have no fixed place in the image.
+    """
+    strides = tuple(trunk.fine_taps)
+    if not strides:
+        return {}
+    if isinstance(trunk, SequentialTrunk):
+        try:
+            return {s: trunk.layer_geometry(trunk.fine_taps[s]) for s in strides}
+        except GeometryError:
+            pass
+    fine_key = None if key is None else (*key, "fine")
+    if fine_key is None or fine_key not in _PROBED:
+        maps = probe(_FineOutputs(trunk, strides), strides)
+        if fine_key is None:
+            return dict(zip(strides, maps))
+        _PROBED[fine_key] = maps
+    return dict(zip(strides, _PROBED[fine_key]))
+
+
+class _FineOutputs(nn.Module):
+    """A trunk seen through its fine features only, for ``geometry.probe``."""
+
+    def __init__(self, trunk: nn.Module, strides: tuple[int, ...]) -> None:
+        super().__init__()
+        self.trunk, self.strides = trunk, strides
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.trunk(x, self.strides)[3:]
+
+
 class SequentialTrunk(nn.Sequential):
     """A trunk whose layers run one after another; ``taps`` names the layers read at strides 8, 16, 32.
 
     Attributes:
         taps: names of the layers whose outputs are the stride-8, -16 and -32 features.
+        fine_taps: ``{stride: layer name}`` of the stride-4 and -2 features the trunk has (may be empty).
         channels: channels of those three outputs.
+        fine_channels, fine_geometry: ``{stride: channels}`` and ``{stride: affine map}`` of the fine features.
         geometry: affine maps from each output's cells to image pixels (see ``trunk_geometry``), the same at
             every input size.
         padding: "paper" (the authors' conv1 padding 100, exact crops) or "same" (output ceil(H/s)).
@@ -83,16 +124,19 @@ class SequentialTrunk(nn.Sequential):
     """
 
     def __init__(self, layers: OrderedDict, taps: tuple[str, str, str], padding: str,
-                 preprocessing: Preprocessing, name: str) -> None:
+                 preprocessing: Preprocessing, name: str, fine_taps: dict[int, str] | None = None) -> None:
         super().__init__(layers)
-        missing = [t for t in taps if t not in layers]
+        self.fine_taps = dict(fine_taps or {})
+        missing = [t for t in (*taps, *self.fine_taps.values()) if t not in layers]
         if missing:
             raise ValueError(f"taps {missing} are not layers of this trunk")
         self.taps = taps
         self.padding = padding
         self.preprocessing = preprocessing
-        self.geometry = trunk_geometry(self, (name, padding))
-        self.channels = _probe_channels(self)
+        self.key = (name, padding)
+        self.geometry = trunk_geometry(self, self.key)
+        self.fine_geometry = fine_trunk_geometry(self, self.key)
+        self.channels, self.fine_channels = _probe_channels(self)
 
     def layer_geometry(self, name: str) -> Affine:
         """The exact affine map of layer ``name``'s output, followed through the layers before it."""
@@ -103,13 +147,17 @@ class SequentialTrunk(nn.Sequential):
                 return Affine().through(chain)
         raise KeyError(name)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        outs = []
+    def forward(self, x: torch.Tensor, fine: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
+        """The stride-8, -16 and -32 features, then those of the strides in ``fine`` (of ``fine_taps``)."""
+        wanted = {self.fine_taps[s]: s for s in fine}
+        outs, extra = [], {}
         for name, layer in self.named_children():
             x = layer(x)
             if name in self.taps:
                 outs.append(x)
-        return outs[0], outs[1], outs[2]
+            if name in wanted:
+                extra[wanted[name]] = x
+        return (outs[0], outs[1], outs[2], *(extra[s] for s in fine))
 
 
 class EfficientNetLiteTrunk(nn.Module):
@@ -135,33 +183,43 @@ class EfficientNetLiteTrunk(nn.Module):
         stage_of = {i["reduction"]: int(i["module"].split(".")[1]) for i in info if i["module"].startswith("blocks.")}
         self.tap8, self.tap16 = stage_of[8], stage_of[16]
         self.taps = (f"blocks.{self.tap8}", f"blocks.{self.tap16}", "bn2")
+        self.fine_taps = {s: f"blocks.{stage_of[s]}" for s in FINE_STRIDES}
         self.padding = padding
         self.preprocessing = TF_LITE
+        self.key = (f"efficientnet_{variant}", padding)
         # TF padding has no fixed geometry (only legacy models use it, with the nominal one).
         self.geometry = (tuple(nominal(s) for s in STRIDES) if padding == "tf"
-                         else trunk_geometry(self, (f"efficientnet_{variant}", padding)))
-        self.channels = _probe_channels(self)
+                         else trunk_geometry(self, self.key))
+        self.fine_geometry = ({s: nominal(s) for s in FINE_STRIDES} if padding == "tf"
+                              else fine_trunk_geometry(self, self.key))
+        self.channels, self.fine_channels = _probe_channels(self)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, fine: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
+        """The stride-8, -16 and -32 features, then those of the strides in ``fine`` (4, 2)."""
         x = self.bn1(self.conv_stem(x))
+        stage_stride = {int(t.split(".")[1]): s for s, t in self.fine_taps.items() if s in fine}
         c8 = c16 = x
+        extra = {}
         for i, stage in enumerate(self.blocks):
             x = stage(x)
             if i == self.tap8:
                 c8 = x
             elif i == self.tap16:
                 c16 = x
-        return c8, c16, self.bn2(self.conv_head(x))
+            elif i in stage_stride:
+                extra[stage_stride[i]] = x
+        return (c8, c16, self.bn2(self.conv_head(x)), *(extra[s] for s in fine))
 
 
-def _probe_channels(trunk: nn.Module) -> tuple[int, int, int]:
-    """Channels of the three outputs, read off one tiny forward pass."""
+def _probe_channels(trunk: nn.Module) -> tuple[tuple[int, int, int], dict[int, int]]:
+    """Channels of the three outputs and ``{stride: channels}`` of the fine ones, read off one tiny forward pass."""
     was_training = trunk.training
     trunk.eval()
+    fine = tuple(trunk.fine_taps)
     with torch.no_grad():
-        outs = trunk(torch.zeros(1, 3, 32, 32))
+        outs = trunk(torch.zeros(1, 3, 32, 32), fine)
     trunk.train(was_training)
-    return tuple(int(o.shape[1]) for o in outs)
+    return tuple(int(o.shape[1]) for o in outs[:3]), {s: int(o.shape[1]) for s, o in zip(fine, outs[3:])}
 
 
 def _check_padding(name: str, padding: str, allowed: tuple[str, ...]) -> None:
@@ -196,7 +254,8 @@ def vgg16(padding: str = "paper") -> SequentialTrunk:
     layers["relu6"], layers["drop6"] = nn.ReLU(inplace=True), nn.Dropout(0.5)
     layers["fc7"] = _fc_conv(4096, 4096, 1)
     layers["relu7"], layers["drop7"] = nn.ReLU(inplace=True), nn.Dropout(0.5)
-    return SequentialTrunk(layers, ("pool3", "pool4", "drop7"), padding, IMAGENET, "vgg16")
+    return SequentialTrunk(layers, ("pool3", "pool4", "drop7"), padding, IMAGENET, "vgg16",
+                           {4: "pool2", 2: "pool1"})
 
 
 def _fc_conv(cin: int, cout: int, kernel: int, padding: int = 0) -> nn.Conv2d:
@@ -243,7 +302,8 @@ def alexnet(padding: str = "paper") -> SequentialTrunk:
     layers["fc7"] = linear_to_conv(tv.classifier[4], 4096, 1)
     layers["relu7"] = nn.ReLU(inplace=True)
     layers["drop7"] = nn.Dropout(0.5)
-    return SequentialTrunk(layers, ("pool1", "pool2", "drop7"), padding, IMAGENET, "alexnet")
+    # conv1 has stride 4: AlexNet has no stride-2 features (no FCN-2s).
+    return SequentialTrunk(layers, ("pool1", "pool2", "drop7"), padding, IMAGENET, "alexnet", {4: "relu1"})
 
 
 def googlenet(padding: str = "same") -> SequentialTrunk:
@@ -263,7 +323,8 @@ def googlenet(padding: str = "same") -> SequentialTrunk:
         if isinstance(m, nn.MaxPool2d) and m.kernel_size == 3:
             m = nn.MaxPool2d(3, 2, padding=1)
         layers[name] = m
-    return SequentialTrunk(layers, ("inception3b", "inception4e", "inception5b"), padding, HALF, "googlenet")
+    return SequentialTrunk(layers, ("inception3b", "inception4e", "inception5b"), padding, HALF, "googlenet",
+                           {4: "conv3", 2: "conv1"})
 
 
 def resnet(depth: int, padding: str = "same") -> SequentialTrunk:
@@ -273,7 +334,8 @@ def resnet(depth: int, padding: str = "same") -> SequentialTrunk:
     _check_padding(f"resnet{depth}", padding, ("same",))
     tv = getattr(torchvision.models, f"resnet{depth}")()
     layers = OrderedDict((n, m) for n, m in tv.named_children() if n not in ("avgpool", "fc"))
-    return SequentialTrunk(layers, ("layer2", "layer3", "layer4"), padding, IMAGENET, f"resnet{depth}")
+    return SequentialTrunk(layers, ("layer2", "layer3", "layer4"), padding, IMAGENET, f"resnet{depth}",
+                           {4: "layer1", 2: "relu"})
 
 
 def mobilenet_v3_large(padding: str = "same") -> SequentialTrunk:
@@ -286,8 +348,9 @@ def mobilenet_v3_large(padding: str = "same") -> SequentialTrunk:
     layers: OrderedDict[str, nn.Module] = OrderedDict((str(i), m) for i, m in enumerate(tv.features))
     layers["fc"] = linear_to_conv(tv.classifier[0], tv.classifier[0].in_features, 1)
     layers["fc_act"] = nn.Hardswish()
-    # The last block of each stride: 6 (stride 8, 40 ch) and 12 (stride 16, 112 ch).
-    return SequentialTrunk(layers, ("6", "12", "fc_act"), padding, IMAGENET, "mobilenet_v3_large")
+    # The last block of each stride: 1 (stride 2, 16 ch), 3 (stride 4, 24 ch), 6 (stride 8, 40 ch), 12 (stride 16).
+    return SequentialTrunk(layers, ("6", "12", "fc_act"), padding, IMAGENET, "mobilenet_v3_large",
+                           {4: "3", 2: "1"})
 
 
 def efficientnet_lite(n: int, padding: str = "same") -> EfficientNetLiteTrunk:

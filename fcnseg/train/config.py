@@ -110,6 +110,8 @@ MODES = ("modern", "heavy")
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
     """Defaults, then the mode's preset, then the YAML file, then ``key=value`` overrides (values in YAML).
+    Without a file, a folder dataset (``dataset=folder``) in the modern mode starts from ``folder_preset`` instead
+    of the defaults.
 
     Args:
         path: a YAML mapping of ``TrainConfig`` keys, or None for defaults and overrides only.
@@ -147,7 +149,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     mode = values.get("mode", "modern")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    merged = {**(HEAVY if mode == "heavy" else {}), **values}
+    # The folder preset is a modern recipe: the heavy mode (the paper's) keeps its own.
+    preset = folder_preset(values) if path is None and values.get("dataset") == "folder" and mode == "modern" else {}
+    merged = {**(HEAVY if mode == "heavy" else {}), **preset, **values}
     if isinstance(merged.get("amp"), bool):  # YAML reads a bare off/on as a boolean
         merged["amp"] = "auto" if merged["amp"] else "off"
     cfg = TrainConfig(**merged)
@@ -155,6 +159,23 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         cfg.lr = HEAVY_LR[cfg.arch] if cfg.arch in HEAVY_LR else 1e-10
     _validate(cfg)
     return cfg
+
+
+FOLDER_PRESET = Path(__file__).resolve().parents[1] / "presets" / "folder.yaml"
+
+
+def folder_preset(values: dict) -> dict:
+    """The default recipe of a folder dataset (``presets/folder.yaml``, also ``configs/folder.yaml``), for a run
+    given no config file; binary and multilabel tasks take ``bce`` where the preset's loss has ``ce``, and images
+    of other than 3 channels no colour jitter (it is defined on RGB)."""
+    import yaml
+
+    preset = yaml.safe_load(FOLDER_PRESET.read_text())
+    if values.get("task", "multiclass") != "multiclass" and isinstance(preset.get("loss"), dict):
+        preset["loss"] = {("bce" if k == "ce" else k): v for k, v in preset["loss"].items()}
+    if values.get("in_channels", 3) != 3:
+        preset.pop("color_jitter", None)
+    return preset
 
 
 def _allowed_types() -> dict[str, tuple[type, ...]]:
