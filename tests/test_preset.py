@@ -7,7 +7,8 @@ import torch
 import yaml
 from helpers import make_shapes
 
-from fcnseg.train import FOLDER_PRESET, TrainConfig, load_config, train
+from fcnseg.train import TrainConfig, load_config, train
+from fcnseg.train.config import FOLDER_PRESET
 
 REPO = Path(__file__).resolve().parents[1]
 
