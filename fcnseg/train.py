@@ -46,6 +46,7 @@ from .data.transforms import seeded
 from .evaluate import evaluate, format_table, write_report
 from .losses import TASKS, build_loss, parse_loss, segmentation_loss
 from .models import build_model, staged_init
+from .runtime.cpu import cpu_has_fast_bf16, cpu_name  # noqa: F401 (moved; imported from here before)
 
 # The authors' learning rates for unnormalised (summed) loss with batch 1, by architecture.
 HEAVY_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s-atonce": 1e-14}
@@ -289,27 +290,6 @@ def finish_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def cpu_name() -> str:
-    """The CPU's model name (for benchmark and experiment records)."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it autocast is far slower."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
