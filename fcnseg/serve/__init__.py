@@ -334,7 +334,7 @@ def model_name(spec: str) -> str:
         return spec[len("hf://"):].split("/")[-1].replace("@", "-")
     if Path(spec).is_dir():
         return Path(spec).resolve().name
-    if not spec.endswith((".safetensors", ".onnx")):
+    if not spec.endswith((".safetensors", ".onnx", ".xml")):
         return spec
     path = Path(spec)
     if path.stem in GENERIC_STEMS and path.resolve().parent.name:
@@ -342,23 +342,25 @@ def model_name(spec: str) -> str:
     return path.stem
 
 
-def load_models(specs: list[str], device: str = "auto") -> dict[str, object]:
-    """Loads each model once: pretrained names and ``.safetensors`` files (PyTorch), ``.onnx`` files (ONNX Runtime).
+def load_models(specs: list[str], device: str = "auto", backend: str | None = None) -> dict[str, object]:
+    """Loads each model once: pretrained names and ``.safetensors`` files (PyTorch), ``.onnx`` files (ONNX Runtime),
+    ``.xml`` files (OpenVINO); ``backend`` runs them all with one backend (``fcnseg.backends``).
 
     Args:
         specs: names or files, the first being the default.
         device: "auto", "cpu", "cuda", ... (PyTorch models only).
+        backend: None (by the file's kind) or one of ``fcnseg.backends.BACKENDS``.
 
     Returns:
         ``{name: model}`` in order; a file's name is ``model_name(file)`` (with -2, -3 ... when two share one).
     """
-    from ..cli import _load_for_inference
+    from ..backends import default_backend, load
+    from ..train import resolve_device
 
     models: dict[str, object] = {}
     for spec in specs:
         spec = str(spec)
-        backend = "onnxruntime" if spec.endswith(".onnx") else "torch"
-        model = _load_for_inference(spec, backend, device)
+        model = load(spec, resolve_device(device), backend=backend or default_backend(spec))
         if getattr(model, "task", "multiclass") == "multilabel":
             raise ValueError(f"{spec}: a multilabel model (one mask per class); serve answers with one label map "
                              "per image, so it serves multiclass and binary models only (use fcnseg predict)")
@@ -568,7 +570,7 @@ def is_loopback(host: str) -> bool:
 
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
           device: str = "auto", threads: int | None = None, log_level: str = "info",
-          drain_timeout: float = 60.0) -> None:
+          drain_timeout: float = 60.0, backend: str | None = None) -> None:
     """Loads the models and serves the app until interrupted; on SIGTERM/SIGINT, answers what it admitted first.
 
     Args:
@@ -577,6 +579,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: L
         port: TCP port.
         limits: upload, image and queue limits.
         device: where PyTorch models run.
+        backend: the backend of every model (``load_models``; None: by the file's kind).
         threads: torch's intra-op threads (None: torch's default).
         log_level: uvicorn's log level ("warning" hides the per-request lines).
         drain_timeout: seconds to finish admitted requests after a shutdown signal before closing anyway.
@@ -590,7 +593,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: L
     if not is_loopback(host):
         print(f"fcnseg serve: warning: binding {host} makes the app reachable from other machines; it has no "
               "authentication or TLS", file=sys.stderr)
-    models = load_models(specs, device)
+    models = load_models(specs, device, backend)
     app = create_app(models, limits)
     shown = f"[{host}]" if ":" in host else host
     print(f"fcnseg serve: http://{shown}:{port}/ (models: {', '.join(models)}; {limits.workers} worker(s), queue "
