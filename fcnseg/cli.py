@@ -306,7 +306,8 @@ def _export_int8(model, out: Path, args: argparse.Namespace) -> int:
     calib = calibration_set(model, args.calibration_dataset, args.calibration_root, args.calibration_split,
                             args.calibration_images, options)
     record = quantize(model, out, calib, args.format, source=args.model,
-                      allow_accuracy_drop=args.allow_accuracy_drop)
+                      allow_accuracy_drop=args.allow_accuracy_drop, min_agreement=args.min_agreement,
+                      max_iu_drop=args.max_iu_drop / 100)
     c = record["check"]
     print(f"wrote {out.with_suffix('.xml') if args.format == 'openvino' else out} ({_size_mb(out):.1f} MB) in "
           f"{record['seconds']:.1f} s: {record['scheme']}; {len(record['fp32_layers'])} layers kept in fp32 "
@@ -469,8 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--calibration-images", type=int, default=32, metavar="N",
                    help="images to calibrate and check on, evenly spaced over the split")
     x.add_argument("--calibration-options", help="extra dataset arguments as JSON")
-    x.add_argument("--allow-accuracy-drop", action="store_true", help="write the int8 file even when its labels "
-                   "agree with fp32's on under 98%% of pixels or its mean IU is over 1 point lower")
+    x.add_argument("--min-agreement", type=float, default=0.98, metavar="F", help="least share of pixels whose "
+                   "int8 label equals fp32's on the calibration images (default 0.98)")
+    x.add_argument("--max-iu-drop", type=float, default=1.0, metavar="POINTS", help="most mean IU points (0-100) "
+                   "the int8 file may lose against fp32 on the calibration images (default 1.0)")
+    x.add_argument("--allow-accuracy-drop", action="store_true", help="write the int8 file even when it misses "
+                   "--min-agreement or --max-iu-drop")
     x.add_argument("--no-verify", action="store_true", help="skip comparing outputs with PyTorch on 4 sizes")
     x.set_defaults(func=_cmd_export)
 
