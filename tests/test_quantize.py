@@ -37,7 +37,7 @@ def test_int8_onnx_export_carries_its_record_and_evaluate_reads_it(model_file, s
     run = fcnseg.load(out)
     q = run.quantization
     assert q["calibration"] == {"dataset": "folder", "root": str(shapes), "split": "train", "images": 4,
-                                "names": ["img000", "img001", "img003", "img005"]}
+                                "names": ["img000", "img002", "img003", "img005"]}
     assert q["fp32_source"]["model"] == str(model_file) and len(q["fp32_source"]["sha256"]) == 64
     assert q["fp32_layers"][0].endswith("Conv") and "QDQ" in q["scheme"]
     assert 0.5 < q["check"]["pixel_agreement"] <= 1 and run.class_names == ["background", "square", "disc"]
