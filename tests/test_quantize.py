@@ -96,10 +96,9 @@ def test_bad_calibration_data_is_refused_before_anything_is_written(model_file, 
     assert _export(model_file, empty, out) == 2
     assert "empty" in _one_error(capsys)
 
-    two = make_shapes(tmp_path / "two", n=2, size=(32, 32))
+    two = make_shapes(tmp_path / "two", n=4, size=(32, 32), splits=True)
     (two / "dataset.yaml").write_text(yaml.safe_dump({"classes": ["background", "thing"]}))
-    assert main(["export", "--model", str(model_file), "--out", str(out), "--quantize", "int8",
-                 "--calibration-dataset", "folder", "--calibration-root", str(two), "--calibration-split", ""]) == 2
+    assert _export(model_file, two, out) == 2
     assert "has 2 classes but the model scores 3" in _one_error(capsys)
 
     broken = make_shapes(tmp_path / "broken", n=4, size=(32, 32), splits=True)
