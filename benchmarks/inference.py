@@ -177,8 +177,9 @@ def worker(args: argparse.Namespace) -> dict:
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
     median = statistics.median(times)
-    row = {"row": args.row, "library": library, "model": name, "runtime": runtime,
-           "amp": "bf16" if runtime == "bf16" else (args.amp or "fp32"), "size": [h, w], "median_ms": 1000 * median,
+    amp = "int8" if "int8" in runtime else "bf16" if runtime == "bf16" else (args.amp or "fp32")
+    row = {"row": args.row, "library": library, "model": name, "runtime": runtime, "amp": amp, "size": [h, w],
+           "median_ms": 1000 * median,
            "images_per_s": 1 / median, "gflops": flops / 1e9, "achieved_gflops_per_s": flops / 1e9 / median,
            "peak_rss_mb": peak_rss_mb(), "first_call_s": first, "times_ms": [1000 * t for t in times]}
     if runtime == "compiled":
@@ -383,7 +384,7 @@ def markdown(result: dict) -> str:
     lines += ["| model | size | median ms | images/s | peak RSS MB | on disk MB | GFLOPs | GFLOP/s | of peak | "
               "CamVid val mean IU |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
-        amp = "" if r["amp"] in ("fp32", "bf16") else f" {r['amp']}"
+        amp = "" if r["amp"] in ("fp32", "bf16", "int8") else f" {r['amp']}"
         miu = f"{100 * r['val_mean_iu']:.2f}" if r.get("val_mean_iu") is not None else ""
         lines.append(f"| {r['row']}{amp} | {r['size'][0]}x{r['size'][1]} | {r['median_ms']:.1f} | "
                      f"{r['images_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {r.get('disk_mb', 0):.1f} | "
@@ -445,7 +446,7 @@ def _deployment_ratios(rows: list[dict], size: tuple[int, int], ms) -> dict:
         if q and same:
             out[f"lraspp {peer} / camvid-fcn8s-lite0 {backend} int8, {s} (speed-up)"] = same / q
     vgg = [r for r in rows if r["model"] == "vgg16" and tuple(r["size"]) == size]
-    fp32 = [r for r in vgg if r["amp"] == "fp32" and "int8" not in r["runtime"]]
+    fp32 = [r for r in vgg if r["amp"] == "fp32"]
     int8 = [r for r in vgg if "int8" in r["runtime"]]
     if fp32:
         best = min(fp32, key=lambda r: r["median_ms"])
