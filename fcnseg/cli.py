@@ -90,9 +90,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         print(summary(ds, brief=True))
     out = Path(args.out)
-    channels_last = not args.no_channels_last and isinstance(model, torch.nn.Module)
-    if args.no_channels_last and isinstance(model, torch.nn.Module):
-        model = model.to(memory_format=torch.contiguous_format)
+    channels_last = not args.no_channels_last and isinstance(model, torch.nn.Module)  # exported files: their own
+    if isinstance(model, torch.nn.Module):  # about 2x faster for the Lite trunks on CPU (train_throughput.py)
+        model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     result = evaluate(model, ds, device, amp_dtype=resolve_amp(args.amp, device), progress=True,
                       pred_dir=out / "predictions" if args.save_predictions else None,
                       channels_last=channels_last, boundary_width=args.boundary or None,
