@@ -155,3 +155,14 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path, monkeypatch):
         assert cpu.cpu_has_fast_bf16()
     finally:
         cpu.cpu_flags.cache_clear()
+
+
+def test_serve_loads_every_model_with_the_backend_given(model_file, tmp_path, monkeypatch):
+    from fcnseg.serve import load_models
+
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    models = load_models([str(model_file)], "cpu", "onnxruntime")
+    assert list(models) == ["shapes"]
+    model = models["shapes"]
+    assert type(model).__name__ == "OnnxModel" and model.source == str(model_file)
+    assert (model.predict(_photo()) == fcnseg.load(model_file).predict(_photo())).float().mean() > 0.999
