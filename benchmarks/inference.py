@@ -325,8 +325,14 @@ def _export_int8(name: str, fmt: str, path: Path, args: argparse.Namespace) -> d
         return load(path).quantization
     from fcnseg.quantize import quantize
 
+    import torch
+
     calib = _camvid_calibration(Path(args.camvid), min(8, args.calibration_images))
-    return quantize(build("fcnseg", name), path, calib, fmt, source=f"{name} (random weights)", min_agreement=0.0,
+    model = build("fcnseg", name)
+    with torch.no_grad():  # the paper zero-initialises the score layers: every pixel would get label 0
+        for conv in model.score_layers():
+            torch.nn.init.normal_(conv.weight, std=0.01)
+    return quantize(model, path, calib, fmt, source=f"{name} (random score layers)", min_agreement=0.0,
                     max_iu_drop=1.0)
 
 
