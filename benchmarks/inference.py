@@ -295,6 +295,12 @@ def _export_fp32(library: str, name: str, path: Path) -> None:
         torch.onnx.export(_scores_module(build(library, name)), (torch.rand(1, 3, 224, 288),), str(path), dynamo=False,
                           opset_version=17, input_names=["image"], output_names=["scores"],
                           dynamic_axes={"image": dynamic, "scores": dynamic})
+    import onnx
+
+    proto = onnx.load(str(path))  # the class count, which the traced Resize leaves symbolic in the output shape
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "fcnseg", json.dumps({"model": {"num_classes": NUM_CLASSES}})
+    onnx.save(proto, str(path))
 
 
 def _camvid_calibration(root: Path, count: int):

@@ -166,9 +166,12 @@ class ExportedFCN:
 
     training = False  # exported graphs are inference-only
 
-    def _read_metadata(self, meta: str | None, num_outputs: int) -> None:
+    def _read_metadata(self, meta: str | None, num_outputs) -> None:
         body = json.loads(meta) if meta else {}
         cfg = body.get("model", {})
+        if not cfg.get("num_classes") and not isinstance(num_outputs, int):
+            raise ValueError(f"{self.path}: no fcnseg metadata and no fixed class count in the output shape "
+                             "(export it with fcnseg export)")
         self.info = body.get("info", {})
         self.quantization = body.get("quantization")
         self.input_multiple = int(body.get("input_multiple", 1))
@@ -274,7 +277,8 @@ class OpenVinoModel(ExportedFCN):
         except Exception as e:  # OpenVINO raises its own exception types for bad files
             raise ValueError(f"{self.path}: not a loadable OpenVINO model ({str(e).strip().splitlines()[0]})"
                              ) from None
-        self._read_metadata(_openvino_metadata(ir, self.path), int(ir.output(0).get_partial_shape()[1].get_length()))
+        channels = ir.output(0).get_partial_shape()[1]
+        self._read_metadata(_openvino_metadata(ir, self.path), channels.get_length() if channels.is_static else None)
         self.precision = precision
         self._local = threading.local()  # an infer request per thread: serve's workers run concurrently
 
