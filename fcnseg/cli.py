@@ -12,6 +12,9 @@ from pathlib import Path
 from ._optional import MissingExtra, require
 from .pretrained import DEFAULT_MODEL
 
+# fcnseg.backends.BACKENDS, written out so that building the parser imports no torch.
+BACKENDS = ("torch", "compiled", "onnxruntime", "openvino")
+
 
 def _cmd_models(args: argparse.Namespace) -> int:
     """Lists every (arch, backbone) with its parameter count and, with --time, a forward pass time."""
@@ -70,9 +73,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .backends import default_backend
     from .data import build_dataset, eval_transforms
     from .evaluate import evaluate, format_table, write_report
-    from .pretrained import load
+    from .predict import load_for_inference
     from .runtime.device import resolve_amp
     from .runtime.distributed import finish_distributed, setup_distributed
 
@@ -80,7 +84,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         require("matplotlib", extra="report", what="fcnseg evaluate --report")
     rank, world, device = setup_distributed(args.device)
     torch.set_num_threads(args.threads) if args.threads else None
-    model = load(args.model, device=device)
+    model = load_for_inference(args.model, args.backend, device)
     _set_threshold(model, args.threshold, args.model)
     options = json.loads(args.dataset_options) if args.dataset_options else {}
     saved = getattr(model, "info", {}).get("dataset_options") or {}
@@ -98,15 +102,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         print(summary(ds, brief=True))
     out = Path(args.out)
-    if not args.no_channels_last:  # about 2x faster for the Lite trunks on CPU (benchmarks/train_throughput.py)
-        model = model.to(memory_format=torch.channels_last)
+    channels_last = not args.no_channels_last and isinstance(model, torch.nn.Module)  # exported files: their own
+    if isinstance(model, torch.nn.Module):  # about 2x faster for the Lite trunks on CPU (train_throughput.py)
+        model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     result = evaluate(model, ds, device, amp_dtype=resolve_amp(args.amp, device), progress=True,
                       pred_dir=out / "predictions" if args.save_predictions else None,
-                      channels_last=not args.no_channels_last, boundary_width=args.boundary or None,
+                      channels_last=channels_last, boundary_width=args.boundary or None,
                       per_image=args.report, scales=args.scales, flip=args.flip, window=args.window,
                       overlap=args.overlap)
     if rank == 0:
-        result.update(model=str(args.model), dataset=args.dataset, split=args.split)
+        result.update(model=str(args.model), dataset=args.dataset, split=args.split,
+                      backend=args.backend or default_backend(args.model))
+        if getattr(model, "quantization", None):
+            result["quantization"] = model.quantization
         write_report(result, out)
         if args.report:
             from .report import worst_images, write_html
@@ -116,6 +124,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(format_table(result))
         wrote = out / ("report.html" if args.report else "metrics.json")
         print(f"{result['images_per_s']:.2f} images/s; wrote {wrote}")
+        _report_compile(model)
     finish_distributed()
     return 0
 
@@ -139,6 +148,13 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     if ds.options:
         print(f"inferred; to state it in dataset.yaml instead: {json.dumps(ds.options)}")
     return 1 if errors or bad else 0
+
+
+def _report_compile(model) -> None:
+    """The compiled backend's compile times (one line), so a slow first image is explained."""
+    seconds = getattr(model, "compile_seconds", None)
+    if seconds:
+        print(f"torch.compile: {len(seconds)} shapes, {sum(seconds.values()):.1f} s compiling (first calls)")
 
 
 def _set_threshold(model, threshold: float | None, name) -> None:
@@ -177,8 +193,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         rank, world, _ = setup_distributed(args.device)
         shard = (rank, world)
-    backend = args.backend or ("onnxruntime" if str(args.model).endswith(".onnx") else "torch")
-    model = load_for_inference(args.model, backend, args.device)
+    model = load_for_inference(args.model, args.backend, args.device)
     _set_threshold(model, args.threshold, args.model)
     videos = [p for p in args.inputs if Path(p).suffix.lower() in _video_exts()]
     if videos:
@@ -192,6 +207,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                     batch_size=args.batch_size or 1, max_pixels=args.max_pixels or None,
                                     progress=None if not args.quiet else False, verbose=not args.quiet,
                                     shard=shard, skip_existing=args.skip_existing)
+    _report_compile(model)
     skipped = sum(1 for r in results if r.get("skipped"))
     print(f"wrote {len(results) - skipped} predictions to {args.out}" + (
         f" ({skipped} skipped: their outputs exist)" if skipped else "") + (
@@ -248,10 +264,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .pretrained import load
 
     model = load(args.model)
-    out = Path(args.out or f"{Path(str(args.model)).stem}.{'onnx' if args.format == 'onnx' else 'pt'}")
+    suffix = {"onnx": "onnx", "openvino": "xml", "torchscript": "pt"}[args.format]
+    int8 = "-int8" if args.quantize else ""
+    out = Path(args.out or f"{Path(str(args.model)).stem}{int8}.{suffix}")
+    if args.quantize:
+        return _export_int8(model, out, args)
     t = time.perf_counter()
-    export(model, out, args.format)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t:.1f} s")
+    out = export(model, out, args.format)
+    print(f"wrote {out} ({_size_mb(out):.1f} MB) in {time.perf_counter() - t:.1f} s")
     if args.no_verify:
         return 0
     worst = 0.0
@@ -265,6 +285,42 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size_mb(path: Path) -> float:
+    """An exported model's size on disk (an OpenVINO IR with its .bin)."""
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
+
+
+def _export_int8(model, out: Path, args: argparse.Namespace) -> int:
+    """``fcnseg export --quantize int8``: calibrate on real images, check the accuracy, write (or refuse)."""
+    import json
+
+    from .quantize import calibration_set, quantize
+
+    if args.format == "torchscript":
+        raise ValueError("--quantize int8: export to onnx or openvino")
+    if not (args.calibration_dataset and args.calibration_root):
+        raise ValueError("--quantize int8 needs real images: --calibration-dataset D --calibration-root R "
+                         "[--calibration-split S --calibration-images N]")
+    options = json.loads(args.calibration_options) if args.calibration_options else None
+    calib = calibration_set(model, args.calibration_dataset, args.calibration_root, args.calibration_split,
+                            args.calibration_images, options)
+    record = quantize(model, out, calib, args.format, source=args.model,
+                      allow_accuracy_drop=args.allow_accuracy_drop, min_agreement=args.min_agreement,
+                      max_iu_drop=args.max_iu_drop / 100)
+    c = record["check"]
+    print(f"wrote {out.with_suffix('.xml') if args.format == 'openvino' else out} ({_size_mb(out):.1f} MB) in "
+          f"{record['seconds']:.1f} s: {record['scheme']}; {len(record['fp32_layers'])} layers kept in fp32 "
+          f"({', '.join(record['fp32_layers'][:3])}{', ...' if len(record['fp32_layers']) > 3 else ''})")
+    print(f"check on {len(calib.names)} {args.calibration_dataset} {args.calibration_split} images: labels equal "
+          f"fp32's on {100 * c['pixel_agreement']:.2f}% of pixels; mean IU {100 * c['mean_iu_int8']:.2f} "
+          f"(fp32 {100 * c['mean_iu_fp32']:.2f})")
+    if not record["passed"]:
+        print("fcnseg: warning: below the accuracy thresholds; written because of --allow-accuracy-drop",
+              file=sys.stderr)
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import Limits, serve
 
@@ -272,7 +328,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                     workers=args.workers, queue=args.queue, max_batch=args.max_batch,
                     max_delay_ms=args.max_delay_ms)
     serve(args.model or [DEFAULT_MODEL], host=args.host, port=args.port, limits=limits, device=args.device,
-          threads=args.threads, log_level=args.log_level, drain_timeout=args.drain_timeout)
+          threads=args.threads, log_level=args.log_level, drain_timeout=args.drain_timeout, backend=args.backend)
     return 0
 
 
@@ -349,7 +405,10 @@ def _add_train(sub) -> None:
 def _add_evaluate(sub) -> None:
     """``fcnseg evaluate``: the paper's four metrics of a model on a dataset split."""
     e = sub.add_parser("evaluate", help="pixel acc, mean acc, mean IU, fw IU of a model on a dataset")
-    e.add_argument("--model", required=True, help="a pretrained model name or a .safetensors file")
+    e.add_argument("--model", required=True, help="a pretrained model name, a .safetensors file, or an .onnx / "
+                   "OpenVINO .xml file from fcnseg export (fp32 or int8)")
+    e.add_argument("--backend", choices=BACKENDS, help="run with PyTorch eager, torch.compile, ONNX Runtime or "
+                   "OpenVINO (default: torch; onnxruntime for .onnx, openvino for .xml files)")
     e.add_argument("--dataset", required=True, help="camvid, voc, sbd, cityscapes, ade20k, folder or multilabel")
     e.add_argument("--root", required=True, help="the dataset folder")
     e.add_argument("--split", default="val")
@@ -397,9 +456,9 @@ def _add_predict(sub) -> None:
                    "(.mp4 .mkv .avi .webm .mov ...: writes NAME_overlay.mp4 and NAME_frames.csv)")
     r.add_argument("--model", default=DEFAULT_MODEL,
                    help="a pretrained name, a .safetensors file, a Hub-style folder, hf://ORG/NAME[@REV], or an "
-                        ".onnx file from fcnseg export")
-    r.add_argument("--backend", choices=("torch", "onnxruntime"),
-                   help="run with PyTorch or ONNX Runtime (default: torch; onnxruntime for .onnx files)")
+                        ".onnx / OpenVINO .xml file from fcnseg export (fp32 or int8)")
+    r.add_argument("--backend", choices=BACKENDS, help="run with PyTorch eager, torch.compile, ONNX Runtime or "
+                   "OpenVINO (default: torch; onnxruntime for .onnx, openvino for .xml files)")
     r.add_argument("--out", default="outputs/predict")
     r.add_argument("--tile", type=int, default=1024,
                    help="segment images larger than TILE x TILE pixels in overlapping windows (0: always whole)")
@@ -438,11 +497,27 @@ def _add_predict(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    """``fcnseg export``: ONNX or TorchScript, verified against PyTorch."""
-    x = sub.add_parser("export", help="export a model to ONNX (dynamic batch, height, width) or TorchScript")
+    """``fcnseg export``: ONNX, OpenVINO or TorchScript, verified against PyTorch; int8 with ``--quantize``."""
+    x = sub.add_parser("export", help="export a model to ONNX or OpenVINO (dynamic batch, height, width; int8 with "
+                                      "--quantize) or TorchScript")
     x.add_argument("--model", default=DEFAULT_MODEL, help="a pretrained name or a .safetensors file")
-    x.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
-    x.add_argument("--out", help="output file (default: MODEL.onnx or MODEL.pt here)")
+    x.add_argument("--format", default="onnx", choices=("onnx", "openvino", "torchscript"))
+    x.add_argument("--out", help="output file (default: MODEL.onnx, MODEL.xml (+ .bin) or MODEL.pt here; "
+                   "MODEL-int8.* quantized)")
+    x.add_argument("--quantize", choices=("int8",), help="static post-training int8, calibrated on real images "
+                   "(onnx: ONNX Runtime QDQ, per-channel weights; openvino: NNCF)")
+    x.add_argument("--calibration-dataset", metavar="D", help="camvid, voc, folder, ... (with --quantize)")
+    x.add_argument("--calibration-root", metavar="R", help="the calibration dataset's folder")
+    x.add_argument("--calibration-split", default="train", metavar="S")
+    x.add_argument("--calibration-images", type=int, default=32, metavar="N",
+                   help="images to calibrate and check on, evenly spaced over the split")
+    x.add_argument("--calibration-options", help="extra dataset arguments as JSON")
+    x.add_argument("--min-agreement", type=float, default=0.98, metavar="F", help="least share of pixels whose "
+                   "int8 label equals fp32's on the calibration images (default 0.98)")
+    x.add_argument("--max-iu-drop", type=float, default=1.0, metavar="POINTS", help="most mean IU points (0-100) "
+                   "the int8 file may lose against fp32 on the calibration images (default 1.0)")
+    x.add_argument("--allow-accuracy-drop", action="store_true", help="write the int8 file even when it misses "
+                   "--min-agreement or --max-iu-drop")
     x.add_argument("--no-verify", action="store_true", help="skip comparing outputs with PyTorch on 4 sizes")
     x.set_defaults(func=_cmd_export)
 
@@ -460,6 +535,8 @@ def _add_serve(sub) -> None:
     s.add_argument("--workers", type=int, default=1, help="images segmented at once")
     s.add_argument("--queue", type=int, default=8, help="requests waiting for a worker; more get 503 + Retry-After")
     s.add_argument("--device", default="auto")
+    s.add_argument("--backend", choices=BACKENDS, help="run every model with this backend (default: torch; "
+                   "onnxruntime for .onnx, openvino for .xml files)")
     s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (warning: no line per request)")

@@ -1,4 +1,5 @@
-"""Export to ONNX (any batch, height and width) and TorchScript, and run exported models with ONNX Runtime.
+"""Export to ONNX (any batch, height and width), OpenVINO IR and TorchScript, and run exported models with
+ONNX Runtime or OpenVINO (int8 files: ``fcnseg.quantize``).
 
 An exported file carries the same metadata as a ``.safetensors`` model (architecture, class names,
 palette, preprocessing), so ``fcnseg predict --model model.onnx`` draws the same colours and names.
@@ -26,14 +27,17 @@ from .io.modelfile import FORMAT
 from .models.fcn import FCN, _check_input
 from .models.spec import ModelSpec
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "openvino", "torchscript")
 # Sizes used for tracing: odd and unequal, so no size is mistaken for a constant of the graph.
 TRACE_SIZE = (97, 131)
 VERIFY_SIZES = ((97, 131), (224, 288), (360, 480), (33, 500))
 
 
-def _metadata(model: FCN) -> str:
-    return json.dumps({"format": FORMAT, "model": model.spec.to_dict(), "info": getattr(model, "info", {})})
+def _metadata(model: FCN, **extra) -> str:
+    """The JSON an exported file carries: the model's ``ModelSpec`` and info, its input multiple (legacy models
+    edge-pad inputs to a multiple of 32 inside the graph) and ``extra`` (a quantized file's calibration)."""
+    return json.dumps({"format": FORMAT, "model": model.spec.to_dict(), "info": getattr(model, "info", {}),
+                       "input_multiple": int(getattr(model, "input_multiple", 1)), **extra})
 
 
 def _traceable(model: FCN) -> FCN:
@@ -94,21 +98,110 @@ def export_torchscript(model: FCN, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def export_openvino(model: FCN, path: str | os.PathLike) -> Path:
+    """Writes ``model`` as an OpenVINO IR (``path`` ``.xml`` plus its ``.bin`` weights, fp32), converted from the
+    ONNX export, with dynamic batch, height and width; the metadata travels in the IR's ``rt_info`` (``fcnseg``).
+
+    Raises:
+        RuntimeError: the ``openvino`` package is not installed (named, with the pip command).
+    """
+    import tempfile
+
+    ov = require("openvino", extra="openvino", what="the OpenVINO backend")
+    with tempfile.TemporaryDirectory(prefix="fcnseg-ov-") as tmp:
+        export_onnx(model, Path(tmp) / "fp32.onnx")
+        ir = ov.convert_model(str(Path(tmp) / "fp32.onnx"))
+    return save_openvino(ir, path, _metadata(model))
+
+
+def save_openvino(ir, path: str | os.PathLike, metadata: str) -> Path:
+    """Saves an ``openvino.Model`` with ``metadata`` as ``path`` (``.xml``) and its ``.bin``, each atomically;
+    the ``.bin`` lands first, so an ``.xml`` never names weights that are not there yet."""
+    ov = require("openvino", extra="openvino", what="the OpenVINO backend")
+    path = Path(path).with_suffix(".xml")
+    ir.set_rt_info(metadata, ["fcnseg"])
+    tmp_dir = path.parent / f".{path.stem}.tmp-{os.getpid()}"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ov.save_model(ir, str(tmp_dir / path.name), compress_to_fp16=False)  # fp32 weights: fp32 results
+        os.replace(tmp_dir / path.with_suffix(".bin").name, path.with_suffix(".bin"))
+        os.replace(tmp_dir / path.name, path)
+    finally:
+        for f in tmp_dir.iterdir():
+            f.unlink()
+        tmp_dir.rmdir()
+    return path
+
+
 def export(model: FCN, path: str | os.PathLike, fmt: str = "onnx") -> Path:
+    """Writes ``model`` to ``path`` in format ``fmt`` (one of ``FORMATS``); returns the path written."""
     if fmt == "onnx":
         return export_onnx(model, path)
+    if fmt == "openvino":
+        return export_openvino(model, path)
     if fmt == "torchscript":
         return export_torchscript(model, path)
     raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
 
 
-class OnnxModel:
+class ExportedFCN:
+    """What an exported FCN file tells about its model (from the ``fcnseg`` metadata), and the parts of the
+    ``FCN`` interface that ``predict``, ``evaluate`` and ``serve`` use besides the forward pass.
+
+    Attributes:
+        num_classes, class_names, palette, arch, backbone, task, threshold, in_channels: as on an ``FCN``.
+        input_multiple: inputs are edge-padded to this multiple inside the graph (1: none).
+        quantization: a quantized file's record (scheme, calibration set, fp32 source, fp32 layers, accuracy
+            check), else None.
+    """
+
+    training = False  # exported graphs are inference-only
+
+    def _read_metadata(self, meta: str | None, num_outputs) -> None:
+        body = json.loads(meta) if meta else {}
+        if "model" not in body and not isinstance(num_outputs, int):
+            raise ValueError(f"{self.path}: no fcnseg metadata and no fixed class count in the output shape "
+                             "(export it with fcnseg export)")
+        # A file without fcnseg metadata: only the class count is known, from the output's channels.
+        spec = ModelSpec.from_dict(body["model"]) if "model" in body else ModelSpec(None, None, int(num_outputs))
+        self.info = body.get("info", {})
+        self.quantization = body.get("quantization")
+        self.input_multiple = int(body.get("input_multiple", 1))
+        self.num_classes = spec.num_classes
+        self.class_names = list(spec.class_names or (str(i) for i in range(self.num_classes)))
+        self.palette = [tuple(c) for c in spec.palette] if spec.palette else default_palette(self.num_classes)
+        self.arch, self.backbone = spec.arch, spec.backbone
+        self.task, self.threshold, self.in_channels = spec.task, spec.threshold, spec.in_channels
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(f"{self.path}: an exported model runs inference only")
+        return self
+
+    def labels(self, scores: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W)`` labels from ``(N, C, H, W)`` scores, as ``FCN.labels``."""
+        from .tasks import labels_from_scores
+
+        return labels_from_scores(scores, self.task, self.threshold)
+
+    def predict(self, image, **kw) -> torch.Tensor:
+        """``(H, W)`` int64 labels of one image (path, PIL image, array or tensor); see
+        ``fcnseg.models.inference.predict_image``."""
+        from .models.inference import predict_image
+
+        return torch.from_numpy(predict_image(self, image, **kw)[0].astype(np.int64))
+
+
+class OnnxModel(ExportedFCN):
     """An exported FCN run by ONNX Runtime, with the interface ``predict`` uses.
 
     Call it with a ``(N, 3, H, W)`` float tensor in [0, 1]; it returns the ``(N, C, H, W)`` scores as a tensor.
 
     Args:
-        path: an ``.onnx`` file written by ``export_onnx``.
+        path: an ``.onnx`` file written by ``export_onnx`` (or ``fcnseg.quantize``: int8).
         threads: intra-op threads (default: ``torch.get_num_threads()``, which ``--threads`` sets).
         providers: ONNX Runtime execution providers (default: CUDA if available, then CPU).
     """
@@ -128,15 +221,8 @@ class OnnxModel:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as e:  # ONNX Runtime raises its own exception types for bad files
             raise ValueError(f"{self.path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map.get("fcnseg")
-        # A file without fcnseg metadata: only the class count is known, from the output's channels.
-        spec = (ModelSpec.from_dict(json.loads(meta)["model"]) if meta
-                else ModelSpec(None, None, int(self.session.get_outputs()[0].shape[1])))
-        self.num_classes = spec.num_classes
-        self.class_names = list(spec.class_names or (str(i) for i in range(self.num_classes)))
-        self.palette = [tuple(c) for c in spec.palette] if spec.palette else default_palette(self.num_classes)
-        self.arch, self.backbone = spec.arch, spec.backbone
-        self.task, self.threshold, self.in_channels = spec.task, spec.threshold, spec.in_channels
+        self._read_metadata(self.session.get_modelmeta().custom_metadata_map.get("fcnseg"),
+                            self.session.get_outputs()[0].shape[1])
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,19 +230,102 @@ class OnnxModel:
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
 
-    def predict(self, image, **kw) -> torch.Tensor:
-        """``(H, W)`` labels of one image (path, PIL image, array or tensor); see
-        ``fcnseg.models.inference.predict_image``."""
-        from .models.inference import predict_image
-
-        return torch.from_numpy(predict_image(self, image, **kw)[0].astype(np.int64))
-
     def __repr__(self) -> str:
         return f"OnnxModel({str(self.path)!r}, {self.arch} {self.backbone}, {self.num_classes} classes)"
 
 
+class OpenVinoModel(ExportedFCN):
+    """An exported FCN run by OpenVINO's CPU plugin: an IR (``.xml``/``.bin`` from ``export_openvino`` or
+    ``fcnseg.quantize``) or an ``.onnx`` file, with the interface ``predict`` uses.
+
+    Call it with a ``(N, C, H, W)`` float tensor in [0, 1]; it returns the ``(N, K, H, W)`` float32 scores.
+
+    Args:
+        path: the ``.xml`` or ``.onnx`` file.
+        threads: inference threads (default: ``torch.get_num_threads()``).
+        precision: "f32" keeps fp32 results; "bf16" lets the plugin compute in bf16 where the CPU has it
+            (OpenVINO's own default on such CPUs; faster, labels differ on a few pixels).
+
+    Raises:
+        RuntimeError: the ``openvino`` package is missing (named, with the pip command).
+        FileNotFoundError, ValueError: no such file, or not a model OpenVINO reads (one line naming it).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str = "f32"):
+        import threading
+
+        ov = require("openvino", extra="openvino", what="the OpenVINO backend")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such OpenVINO model file")
+        core = ov.Core()
+        try:
+            ir = core.read_model(str(self.path))
+            self.compiled = core.compile_model(ir, "CPU", {
+                "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": precision})
+        except Exception as e:  # OpenVINO raises its own exception types for bad files
+            raise ValueError(f"{self.path}: not a loadable OpenVINO model ({str(e).strip().splitlines()[0]})"
+                             ) from None
+        channels = ir.output(0).get_partial_shape()[1]
+        self._read_metadata(_openvino_metadata(ir, self.path), channels.get_length() if channels.is_static else None)
+        self.precision = precision
+        self._local = threading.local()  # an infer request per thread: serve's workers run concurrently
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_channels)
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        array = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        return torch.from_numpy(np.array(request.infer({0: array})[0], dtype=np.float32))
+
+    def __repr__(self) -> str:
+        return f"OpenVinoModel({str(self.path)!r}, {self.arch} {self.backbone}, {self.num_classes} classes)"
+
+
+def _openvino_metadata(ir, path: Path) -> str | None:
+    if ir.has_rt_info(["fcnseg"]):
+        return ir.get_rt_info(["fcnseg"]).astype(str)
+    if path.suffix == ".onnx":  # OpenVINO reading an ONNX file does not keep its metadata_props
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return props.get("fcnseg")
+    return None
+
+
+def open_exported(path: str | os.PathLike, backend: str | None = None, threads: int | None = None):
+    """An exported file run by ``backend``: ``.onnx`` by "onnxruntime" (default) or "openvino", ``.xml`` by
+    "openvino"; ``.pt`` (TorchScript) by ``torch.jit.load``.
+
+    Raises:
+        ValueError: a backend that cannot run this file (one line naming both).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    runs = {".onnx": ("onnxruntime", "openvino"), ".xml": ("openvino",), ".pt": ("torch",)}.get(suffix)
+    if runs is None:
+        raise ValueError(f"{path}: not an exported model file (.onnx, .xml or .pt)")
+    backend = backend or runs[0]
+    if backend not in runs:
+        raise ValueError(f"{path}: a {suffix} file runs with --backend {' or '.join(runs)}, not {backend}")
+    if backend == "onnxruntime":
+        return OnnxModel(path, threads)
+    if backend == "openvino":
+        return OpenVinoModel(path, threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
 def onnx_for(name_or_path: str | os.PathLike, threads: int | None = None) -> OnnxModel:
-    """An ONNX Runtime twin of a pretrained or saved model, exported once and cached under
+    """An ONNX Runtime twin of a pretrained or saved model (``cached_onnx``)."""
+    return OnnxModel(cached_onnx(name_or_path), threads)
+
+
+def cached_onnx(name_or_path: str | os.PathLike) -> Path:
+    """The ONNX export of a pretrained or saved model, exported once and cached under
     ``~/.cache/fcnseg/onnx`` (``$FCNSEG_CACHE`` overrides), keyed by the model file's bytes and the versions of
     torch and fcnseg. Once cached, the PyTorch model is not even built (less memory, faster start)."""
     from .hub import CONFIG, HF_PREFIX, WEIGHTS, download, read_config
@@ -178,7 +347,7 @@ def onnx_for(name_or_path: str | os.PathLike, threads: int | None = None) -> Onn
     path = cache / f"{source.stem}-{digest.hexdigest()[:16]}.onnx"
     if not path.is_file():
         export_onnx(load(source), path)
-    return OnnxModel(path, threads)
+    return path
 
 
 def verify(model: FCN, path: str | os.PathLike, sizes=VERIFY_SIZES, batch: int = 1) -> list[dict]:
@@ -189,12 +358,7 @@ def verify(model: FCN, path: str | os.PathLike, sizes=VERIFY_SIZES, batch: int =
     multilabel models).
     """
     path = Path(path)
-    if path.suffix == ".onnx":
-        run = OnnxModel(path)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            run = torch.jit.load(str(path), map_location="cpu")
+    run = open_exported(path)
     ref_model = _traceable(model)
     gen = torch.Generator().manual_seed(0)
     rows = []

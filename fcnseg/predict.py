@@ -30,28 +30,21 @@ from .io.atomic import atomic_write
 from .models.inference import OVERLAP, TILE, decide_labels, label_dtype, predict_image, probabilities, window
 
 
-def load_for_inference(name: str, backend: str, device: str):
-    """An FCN (PyTorch) or an ``OnnxModel`` from a pretrained name, a ``.safetensors`` or an ``.onnx`` file, as
-    ``fcnseg predict`` and ``fcnseg serve`` run it (channels-last on the CPU).
+def load_for_inference(name: str, backend: str | None = None, device: str | torch.device = "auto"):
+    """The model ``name`` as ``fcnseg predict``, ``evaluate`` and ``serve`` run it: ``fcnseg.backends.load`` with
+    ``backend`` (None: by the file's kind: torch, channels-last on the CPU; onnxruntime for ``.onnx``; openvino
+    for ``.xml``).
 
     Raises:
-        ValueError: an ``.onnx`` file with ``backend`` "torch", or a file that is no model (named).
+        ValueError: an unknown backend, one that cannot run this file, or a file that is no model (named).
         FileNotFoundError: no such file, and not a pretrained name.
+        fcnseg._optional.MissingExtra: the backend's package is not installed (the pip extra named).
     """
-    from .export import OnnxModel, onnx_for
-    from .pretrained import load
+    from .backends import default_backend, load
     from .runtime.device import resolve_device
 
-    if str(name).endswith(".onnx"):
-        if backend == "torch":
-            raise ValueError(f"{name}: an ONNX file runs with --backend onnxruntime")
-        return OnnxModel(name)
-    if backend == "onnxruntime":
-        return onnx_for(name)
-    model = load(name, device=resolve_device(device))
-    if next(model.parameters()).device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)  # 1.1-1.4x faster CPU inference (benchmarks/)
-    return model
+    device = resolve_device(device) if isinstance(device, str) else device
+    return load(name, device, backend=backend or default_backend(name))
 
 
 def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:

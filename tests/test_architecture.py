@@ -18,7 +18,7 @@ LAYERS = {
     "core": ("models", "data", "metrics", "losses", "tasks", "preprocessing", "version", "_optional", "tta"),
     "io": ("io", "pretrained", "hub"),
     "runtime": ("runtime",),
-    "jobs": ("train", "evaluate", "predict", "export", "video"),
+    "jobs": ("train", "evaluate", "predict", "export", "video", "backends", "quantize"),
     "apps": ("cli", "serve", "demo", "report"),
 }
 RANK = {part: rank for rank, parts in enumerate(LAYERS.values()) for part in parts}

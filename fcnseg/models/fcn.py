@@ -208,6 +208,10 @@ class FCN(nn.Module):
         """
         was_training = self.training
         self.eval()
+        if next(self.parameters()).device.type == "cpu":
+            # channels_last: fp32 as before, 1.1-1.4x faster on the CPU (benchmarks/inference.py: VGG16 at 0.94
+            # of the GEMM peak instead of 0.79); the weights keep that layout afterwards.
+            self.to(memory_format=torch.channels_last)
         try:
             if batch:
                 with torch.inference_mode():

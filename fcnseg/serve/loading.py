@@ -15,7 +15,7 @@ def model_name(spec: str) -> str:
         return spec[len("hf://"):].split("/")[-1].replace("@", "-")
     if Path(spec).is_dir():
         return Path(spec).resolve().name
-    if not spec.endswith((".safetensors", ".onnx")):
+    if not spec.endswith((".safetensors", ".onnx", ".xml")):
         return spec
     path = Path(spec)
     if path.stem in GENERIC_STEMS and path.resolve().parent.name:
@@ -23,12 +23,14 @@ def model_name(spec: str) -> str:
     return path.stem
 
 
-def load_models(specs: list[str], device: str = "auto") -> dict[str, object]:
-    """Loads each model once: pretrained names and ``.safetensors`` files (PyTorch), ``.onnx`` files (ONNX Runtime).
+def load_models(specs: list[str], device: str = "auto", backend: str | None = None) -> dict[str, object]:
+    """Loads each model once: pretrained names and ``.safetensors`` files (PyTorch), ``.onnx`` files (ONNX Runtime),
+    ``.xml`` files (OpenVINO); ``backend`` runs them all with one backend (``fcnseg.backends``).
 
     Args:
         specs: names or files, the first being the default.
         device: "auto", "cpu", "cuda", ... (PyTorch models only).
+        backend: None (by the file's kind) or one of ``fcnseg.backends.BACKENDS``.
 
     Returns:
         ``{name: model}`` in order; a file's name is ``model_name(file)`` (with -2, -3 ... when two share one).
@@ -41,7 +43,6 @@ def load_models(specs: list[str], device: str = "auto") -> dict[str, object]:
     models: dict[str, object] = {}
     for spec in specs:
         spec = str(spec)
-        backend = "onnxruntime" if spec.endswith(".onnx") else "torch"
         model = load_for_inference(spec, backend, device)
         if getattr(model, "task", "multiclass") == "multilabel":
             raise ValueError(f"{spec}: a multilabel model (one mask per class); serve answers with one label map "

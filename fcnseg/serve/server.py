@@ -20,7 +20,7 @@ def is_loopback(host: str) -> bool:
 
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
           device: str = "auto", threads: int | None = None, log_level: str = "info",
-          drain_timeout: float = 60.0) -> None:
+          drain_timeout: float = 60.0, backend: str | None = None) -> None:
     """Loads the models and serves the app until interrupted; on SIGTERM/SIGINT, answers what it admitted first.
 
     Args:
@@ -32,6 +32,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: L
         threads: torch's intra-op threads (None: torch's default).
         log_level: uvicorn's log level ("warning" hides the per-request lines).
         drain_timeout: seconds to finish admitted requests after a shutdown signal before closing anyway.
+        backend: the backend of every model (``load_models``; None: by the file's kind).
 
     Raises:
         ValueError: a model it cannot serve (``load_models``); OSError: the port cannot be bound.
@@ -45,7 +46,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: L
     if not is_loopback(host):
         print(f"fcnseg serve: warning: binding {host} makes the app reachable from other machines; it has no "
               "authentication or TLS", file=sys.stderr)
-    models = load_models(specs, device)
+    models = load_models(specs, device, backend)
     app = create_app(models, limits)
     shown = f"[{host}]" if ":" in host else host
     print(f"fcnseg serve: http://{shown}:{port}/ (models: {', '.join(models)}; {limits.workers} worker(s), queue "
