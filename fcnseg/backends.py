@@ -69,7 +69,7 @@ class CompiledModel(torch.nn.Module):
         """``(H, W)`` int64 labels of one image; see ``FCN.predict``."""
         import numpy as np
 
-        from .predict import predict_image
+        from .models.inference import predict_image
 
         return torch.from_numpy(predict_image(self, image, **kw)[0].astype(np.int64))
 
