@@ -69,64 +69,89 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
     import time
 
     net = getattr(model, "module", model)
-    if dataset.num_classes != net.num_classes:
-        raise ValueError(f"{dataset.name} has {dataset.num_classes} classes but the model scores {net.num_classes}")
-    task = getattr(net, "task", "multiclass")
-    if hasattr(dataset, "channels"):  # images are read with as many channels as the model takes
-        dataset.channels = getattr(net, "in_channels", 3)
-    if task == "multilabel" and (boundary_width or per_image or pred_dir is not None):
-        raise ValueError("multilabel evaluation scores per-class masks: boundary_width, per_image and pred_dir "
-                         "are for multiclass and binary models")
+    task = _check(net, dataset, boundary_width or per_image or pred_dir is not None)
     tta = tta_record(scales, flip, window, overlap)
     plain = tta["scales"] == [1.0] and not flip and not window
     was_training = net.training
     net.eval()
     rank, world = _rank_world()
-    cm = (MultilabelConfusion if task == "multilabel" else ConfusionMatrix)(net.num_classes, device=device)
-    band_cm = ConfusionMatrix(net.num_classes, device=device) if boundary_width else None
-    indices = range(rank, len(dataset), world)
-    if progress and rank == 0:
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc="evaluate", leave=False, disable=None)  # None: no bar without a terminal
-    if pred_dir is not None:
-        pred_dir = Path(pred_dir)
-        pred_dir.mkdir(parents=True, exist_ok=True)
+    scorer = _Scorer(net, device, task, boundary_width, per_image, pred_dir)
     start, n = time.perf_counter(), 0
-    image_scores: list[dict] = []
-    for i in indices:
+    for i in _indices(len(dataset), rank, world, progress):
         image, labels = dataset[i]
         with torch.autocast(torch.device(device).type, amp_dtype, enabled=amp_dtype is not None):
             pred = _predict(net, image, device, channels_last, None if plain else tta)
-        labels = labels.to(device)
-        cm.update(labels, pred)
-        if band_cm is not None:
-            band = boundary_band(labels, boundary_width)
-            band_cm.update(torch.where(band, labels, cm.ignore_index), pred)
+        scorer.add(dataset.samples[i].name, i, labels.to(device), pred)
         n += 1
-        if per_image:
-            image_scores.append({"index": i, "name": dataset.samples[i].name,
-                                 **per_image_scores(labels, pred, net.num_classes)})
-        if pred_dir is not None:
-            im = label_image(pred.cpu().numpy(), net.palette)
-            atomic_write(pred_dir / f"{dataset.samples[i].name}.png", lambda tmp, im=im: im.save(tmp, format="PNG"))
     elapsed = time.perf_counter() - start
-    cm.all_reduce()
-    if band_cm is not None:
-        band_cm.all_reduce()
+    net.train(was_training)
     counts = torch.tensor([n, elapsed], dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(counts)
-    net.train(was_training)
-    result = _foreground_first(cm.compute()) if task == "binary" else cm.compute()
-    result.update(task=task, class_names=list(net.class_names), num_images=int(counts[0]),
-                  images_per_s=float(counts[0] / counts[1] * world) if counts[1] > 0 else float("nan"),
-                  confusion=cm.mat.cpu().tolist(), tta=tta)
-    if band_cm is not None:
-        result["boundary"] = {"width": int(boundary_width), **band_cm.compute()}
-    if per_image:
-        result["per_image"] = _gathered(image_scores, world)
+    result = scorer.result(world)
+    result.update(num_images=int(counts[0]), tta=tta,
+                  images_per_s=float(counts[0] / counts[1] * world) if counts[1] > 0 else float("nan"))
     return result
+
+
+def _check(net, dataset, per_pixel_options: bool) -> str:
+    """The model's task, once the dataset is known to fit it (classes; images read with the model's channels)."""
+    if dataset.num_classes != net.num_classes:
+        raise ValueError(f"{dataset.name} has {dataset.num_classes} classes but the model scores {net.num_classes}")
+    task = getattr(net, "task", "multiclass")
+    if hasattr(dataset, "channels"):
+        dataset.channels = getattr(net, "in_channels", 3)
+    if task == "multilabel" and per_pixel_options:
+        raise ValueError("multilabel evaluation scores per-class masks: boundary_width, per_image and pred_dir "
+                         "are for multiclass and binary models")
+    return task
+
+
+def _indices(n: int, rank: int, world: int, progress: bool):
+    """This process's share of the images (every ``world``-th), with a progress bar on rank 0 if asked."""
+    indices = range(rank, n, world)
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        return tqdm(indices, desc="evaluate", leave=False, disable=None)  # None: no bar without a terminal
+    return indices
+
+
+class _Scorer:
+    """The confusion matrices (whole image, edge band), per-image scores and written predictions of a run."""
+
+    def __init__(self, net, device, task: str, boundary_width: int | None, per_image: bool, pred_dir):
+        self.net, self.task, self.boundary_width, self.per_image = net, task, boundary_width, per_image
+        self.cm = (MultilabelConfusion if task == "multilabel" else ConfusionMatrix)(net.num_classes, device=device)
+        self.band_cm = ConfusionMatrix(net.num_classes, device=device) if boundary_width else None
+        self.image_scores: list[dict] = []
+        self.pred_dir = None if pred_dir is None else Path(pred_dir)
+        if self.pred_dir is not None:
+            self.pred_dir.mkdir(parents=True, exist_ok=True)
+
+    def add(self, name: str, index: int, labels: torch.Tensor, pred: torch.Tensor) -> None:
+        self.cm.update(labels, pred)
+        if self.band_cm is not None:
+            band = boundary_band(labels, self.boundary_width)
+            self.band_cm.update(torch.where(band, labels, self.cm.ignore_index), pred)
+        if self.per_image:
+            self.image_scores.append({"index": index, "name": name,
+                                      **per_image_scores(labels, pred, self.net.num_classes)})
+        if self.pred_dir is not None:
+            im = label_image(pred.cpu().numpy(), self.net.palette)
+            atomic_write(self.pred_dir / f"{name}.png", lambda tmp: im.save(tmp, format="PNG"))
+
+    def result(self, world: int) -> dict:
+        """The scores summed over every process (``evaluate``'s result without the counts and timing)."""
+        self.cm.all_reduce()
+        result = _foreground_first(self.cm.compute()) if self.task == "binary" else self.cm.compute()
+        result.update(task=self.task, class_names=list(self.net.class_names), confusion=self.cm.mat.cpu().tolist())
+        if self.band_cm is not None:
+            self.band_cm.all_reduce()
+            result["boundary"] = {"width": int(self.boundary_width), **self.band_cm.compute()}
+        if self.per_image:
+            result["per_image"] = _gathered(self.image_scores, world)
+        return result
 
 
 def _gathered(image_scores: list[dict], world: int) -> list[dict]:
