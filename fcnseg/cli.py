@@ -24,6 +24,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     backbones = args.backbone or list(BACKBONES)
+    unknown = [b for b in backbones if b not in BACKBONES]
+    if unknown:  # before the table: a row per arch would only repeat it
+        raise ValueError(f"unknown backbone {unknown[0]!r}; valid backbones: {', '.join(BACKBONES)}")
     size = tuple(args.size)
     header = f"{'backbone':20s} {'arch':13s} {'padding':7s} {'params':>12s}"
     print(header + (f" {'forward ms @' + 'x'.join(map(str, size)):>20s}" if args.time else ""))

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from ._optional import require
-from .checkpoint import atomic_write
 from .export import OnnxModel, OpenVinoModel, _metadata, export_onnx, save_openvino
+from .io.atomic import atomic_write
 from .metrics import ConfusionMatrix
 
 MIN_AGREEMENT = 0.98  # share of pixels whose int8 label equals the fp32 label

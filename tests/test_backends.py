@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_shapes, save_shapes_model
+from helpers import make_shapes, save_shapes_model
 
 import fcnseg
 from fcnseg.cli import main

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import make_shapes, save_shapes_model
+from helpers import make_shapes, save_shapes_model
 
 import fcnseg
 from fcnseg.cli import main

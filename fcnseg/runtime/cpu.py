@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+@lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The feature flags of the first CPU in ``/proc/cpuinfo`` (e.g. "avx2", "avx512_bf16", "amx_bf16"); empty
     where the file cannot be read or has no ``flags`` line (not Linux, ARM's ``Features``)."""
