@@ -145,15 +145,10 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path, monkeypatch):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
     monkeypatch.setattr(cpu, "CPUINFO", info)
-    cpu.cpu_flags.cache_clear()
-    try:
-        assert cpu.cpu_name() == "Test CPU 9000"
-        assert {"avx2", "avx512f", "avx512_vnni"} <= cpu.cpu_flags() and not cpu.cpu_has_fast_bf16()
-        info.write_text("model name\t: Test CPU 9001\nflags\t\t: avx2 avx512_bf16 amx_bf16 amx_tile\n")
-        cpu.cpu_flags.cache_clear()
-        assert cpu.cpu_has_fast_bf16()
-    finally:
-        cpu.cpu_flags.cache_clear()
+    assert cpu.cpu_name() == "Test CPU 9000"
+    assert {"avx2", "avx512f", "avx512_vnni"} <= cpu.cpu_flags() and not cpu.cpu_has_fast_bf16()
+    info.write_text("model name\t: Test CPU 9001\nflags\t\t: avx2 avx512_bf16 amx_bf16 amx_tile\n")
+    assert cpu.cpu_has_fast_bf16()
 
 
 def test_serve_loads_every_model_with_the_backend_given(model_file, tmp_path, monkeypatch):

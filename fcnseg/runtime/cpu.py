@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -26,7 +25,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-@lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The feature flags of the first CPU in ``/proc/cpuinfo`` (e.g. "avx2", "avx512_bf16", "amx_bf16"); empty
     where the file cannot be read or has no ``flags`` line (not Linux, ARM's ``Features``)."""
@@ -42,9 +40,12 @@ def cpu_flags() -> frozenset[str]:
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it autocast is far slower.
 
-    Asks PyTorch's own CPU feature probe; a PyTorch without it falls back on ``cpu_flags()``.
+    Read from the CPU's flags (``cpu_flags``); where there are none (not Linux), PyTorch's own CPU probe.
     """
+    flags = cpu_flags()
+    if flags:
+        return bool({"avx512_bf16", "amx_bf16"} & flags)
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:
-        return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+        return False
