@@ -125,8 +125,8 @@ def test_atonce_scales_the_skips():
 
 class TestBadInput:
     def test_unknown_arch_lists_valid_ones(self):
-        with pytest.raises(ValueError, match="fcn32s, fcn16s, fcn8s, fcn8s-atonce"):
-            fcnseg.build_model("fcn4s", "vgg16", 21)
+        with pytest.raises(ValueError, match="fcn32s, fcn16s, fcn8s, fcn8s-atonce, fcn4s, fcn2s"):
+            fcnseg.build_model("fcn1s", "vgg16", 21)
 
     def test_unknown_backbone_lists_valid_ones(self):
         with pytest.raises(ValueError, match="vgg16, alexnet, googlenet, resnet18"):

@@ -303,7 +303,7 @@ def test_16_bit_pil_image_is_scaled_like_the_file(tmp_path):
     assert torch.equal(from_pil, from_path) and from_pil.max() > 240  # not clipped at 255 (which is all 255)
     assert len(torch.unique(from_pil)) > 200
     assert torch.allclose(tensor_pil, to_float(to_tensor(tmp_path / "x16.png")))
-    model = __import__("conftest").cached_model("fcn32s", "efficientnet_lite0", 3)
+    model = __import__("helpers").cached_model("fcn32s", "efficientnet_lite0", 3)
     with Image.open(tmp_path / "x16.png") as im:
         assert torch.equal(model.predict(im), model.predict(tmp_path / "x16.png"))
 
