@@ -1,0 +1,162 @@
+"""Inference backends (fcnseg.backends): each gives eager PyTorch's labels, and the CLI and fcnseg.load take them."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_shapes, save_shapes_model
+
+import fcnseg
+from fcnseg.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return save_shapes_model(tmp_path_factory.mktemp("m") / "shapes.safetensors")
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("data") / "shapes", n=8, size=(48, 64), splits=True)
+
+
+def _photo(h=61, w=83, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_exported_backends_give_eager_scores_and_labels(model_file, backend, tmp_path, monkeypatch):
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    eager = fcnseg.load(model_file)
+    run = fcnseg.load(model_file, backend=backend, threads=1)
+    assert run.class_names == eager.class_names and run.palette == eager.palette
+    x = torch.rand(1, 3, 61, 83)  # odd sizes: the graph keeps height and width symbolic
+    with torch.inference_mode():
+        ref, out = eager(x), run(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert (out - ref).abs().max() <= 1e-3 * ref.abs().max()
+    assert (run.predict(_photo()) == eager.predict(_photo())).float().mean() > 0.999
+
+
+class TinySegmenter(torch.nn.Module):
+    """Two convolutions with an FCN's attributes: torch.compile takes minutes on a whole trunk of a busy 2-core
+    machine, and what is tested here is the wrapper (one compilation per shape, timings, the model's attributes)."""
+
+    num_classes, class_names, palette, task, threshold, in_channels = 3, ["a", "b", "c"], [(0, 0, 0)] * 3, \
+        "multiclass", 0.5, 3
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_compiled_backend_gives_eager_scores_and_reports_compile_time(capsys):
+    from fcnseg.backends import CompiledModel
+
+    torch.manual_seed(0)
+    eager = TinySegmenter().eval()
+    compiled = CompiledModel(eager)
+    x = torch.rand(1, 3, 48, 64)
+    with torch.inference_mode():
+        ref, out = eager(x), compiled(x)
+        compiled(x)  # the second call of a shape does not compile again
+        labels = compiled.predict(_photo(48, 64))  # the same shape: no second compilation
+    assert list(compiled.compile_seconds) == [(1, 3, 48, 64)] and compiled.compile_seconds[(1, 3, 48, 64)] > 0
+    assert "compiled for 1x3x48x64 in" in capsys.readouterr().err
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    assert compiled.num_classes == 3 and labels.shape == (48, 64) and set(labels.unique().tolist()) <= {0, 1, 2}
+
+
+def test_openvino_export_carries_metadata_and_evaluate_and_predict_take_it(model_file, shapes, tmp_path):
+    xml = tmp_path / "shapes.xml"
+    assert main(["export", "--model", str(model_file), "--format", "openvino", "--out", str(xml)]) == 0
+    assert xml.is_file() and xml.with_suffix(".bin").is_file()
+    run = fcnseg.load(xml)
+    assert type(run).__name__ == "OpenVinoModel" and run.class_names == ["background", "square", "disc"]
+    assert run.input_multiple == 1 and run.quantization is None
+    eager = fcnseg.load(model_file)
+    for backend, model in (("openvino", str(xml)), ("torch", str(model_file))):
+        out = tmp_path / f"eval-{backend}"
+        assert main(["evaluate", "--model", model, "--dataset", "folder", "--root", str(shapes), "--split", "val",
+                     "--out", str(out)]) == 0
+    ov_iu = json.loads((tmp_path / "eval-openvino" / "metrics.json").read_text())
+    torch_iu = json.loads((tmp_path / "eval-torch" / "metrics.json").read_text())
+    assert ov_iu["backend"] == "openvino" and ov_iu["num_images"] == 2
+    assert abs(ov_iu["mean_iu"] - torch_iu["mean_iu"]) < 1e-3
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(_photo()).save(photo)
+    assert main(["predict", str(photo), "--model", str(xml), "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    labels = np.asarray(Image.open(tmp_path / "p" / "photo.png"))
+    assert (labels == eager.predict(photo).numpy()).mean() > 0.999
+
+
+def test_a_legacy_model_keeps_its_input_multiple_in_the_export(tmp_path):
+    from fcnseg.export import OnnxModel, export_onnx
+
+    torch.manual_seed(0)
+    model = fcnseg.build_model("fcn8s", "efficientnet_lite0", 3, padding="tf", alignment="legacy").eval()
+    assert model.input_multiple == 32
+    run = OnnxModel(export_onnx(model, tmp_path / "legacy.onnx"))
+    assert run.input_multiple == 32
+    x = torch.rand(1, 3, 45, 70)  # not a multiple of 32: edge-padded inside the graph, cropped back
+    with torch.inference_mode():
+        ref, out = model(x), run(x)
+    assert out.shape == ref.shape == (1, 3, 45, 70) and (out - ref).abs().max() <= 1e-3 * ref.abs().max()
+
+
+def test_a_backend_that_cannot_run_the_file_or_is_unknown_says_so(model_file, tmp_path, capsys):
+    from fcnseg.export import export_onnx
+
+    onnx = export_onnx(fcnseg.load(model_file), tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match=r"m.onnx: a .onnx file runs with --backend onnxruntime or openvino, not "
+                                         r"torch"):
+        fcnseg.load(onnx, backend="torch")
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'; valid: torch, compiled, onnxruntime, openvino"):
+        fcnseg.load(model_file, backend="tensorrt")
+    assert main(["predict", str(tmp_path), "--model", str(onnx), "--backend", "compiled", "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fcnseg: error: {onnx}: a .onnx file runs with --backend onnxruntime or openvino, not compiled"]
+
+
+def test_a_missing_backend_package_is_named_with_the_pip_command(model_file, tmp_path, monkeypatch, capsys):
+    # None in sys.modules makes Python's import fail as it does for a package that is not installed.
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ImportError, match=r"the OpenVINO backend needs openvino: pip install 'fcnseg\[openvino\]'"):
+        fcnseg.load(model_file, backend="openvino")
+    assert main(["export", "--model", str(model_file), "--format", "openvino", "--out", str(tmp_path / "m.xml")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "fcnseg: error: the OpenVINO backend needs openvino: pip install 'fcnseg[openvino]'"]
+    assert not list(tmp_path.glob("m.*"))
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path, monkeypatch):
+    from fcnseg.runtime import cpu
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    monkeypatch.setattr(cpu, "CPUINFO", info)
+    assert cpu.cpu_name() == "Test CPU 9000"
+    assert {"avx2", "avx512f", "avx512_vnni"} <= cpu.cpu_flags() and not cpu.cpu_has_fast_bf16()
+    info.write_text("model name\t: Test CPU 9001\nflags\t\t: avx2 avx512_bf16 amx_bf16 amx_tile\n")
+    assert cpu.cpu_has_fast_bf16()
+
+
+def test_serve_loads_every_model_with_the_backend_given(model_file, tmp_path, monkeypatch):
+    from fcnseg.serve import load_models
+
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    models = load_models([str(model_file)], "cpu", "onnxruntime")
+    assert list(models) == ["shapes"]
+    model = models["shapes"]
+    assert type(model).__name__ == "OnnxModel" and model.source == str(model_file)
+    assert (model.predict(_photo()) == fcnseg.load(model_file).predict(_photo())).float().mean() > 0.999
