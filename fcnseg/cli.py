@@ -80,7 +80,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import build_dataset, eval_transforms
     from .evaluate import evaluate, format_table, write_report
     from .predict import load_for_inference
-    from .runtime.device import resolve_amp
+    from .runtime.amp import DTYPE_NAMES
     from .runtime.distributed import finish_distributed, setup_distributed
 
     if args.report:  # before the evaluation, not after it
@@ -108,13 +108,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     channels_last = not args.no_channels_last and isinstance(model, torch.nn.Module)  # exported files: their own
     if isinstance(model, torch.nn.Module):  # about 2x faster for the Lite trunks on CPU (train_throughput.py)
         model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    result = evaluate(model, ds, device, amp_dtype=resolve_amp(args.amp, device), progress=True,
+    amp_dtype = _eval_amp(args.amp, model, ds, device, channels_last, rank == 0)
+    result = evaluate(model, ds, device, amp_dtype=amp_dtype, progress=True,
                       pred_dir=out / "predictions" if args.save_predictions else None,
                       channels_last=channels_last, boundary_width=args.boundary or None,
                       per_image=args.report, scales=args.scales, flip=args.flip, window=args.window,
                       overlap=args.overlap)
     if rank == 0:
-        result.update(model=str(args.model), dataset=args.dataset, split=args.split,
+        result.update(model=str(args.model), dataset=args.dataset, split=args.split, amp=DTYPE_NAMES[amp_dtype],
                       backend=args.backend or default_backend(args.model))
         if getattr(model, "quantization", None):
             result["quantization"] = model.quantization
@@ -130,6 +131,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         _report_compile(model)
     finish_distributed()
     return 0
+
+
+def _eval_amp(amp: str, model, ds, device, channels_last: bool, main: bool):
+    """The autocast dtype of ``fcnseg evaluate --amp``: "auto" on the CPU is timed (``evaluate.timed_amp``) and
+    rank 0 prints the choice; everything else as ``resolve_amp`` says."""
+    from .evaluate import timed_amp
+    from .runtime.device import resolve_amp
+
+    if amp != "auto" or device.type != "cpu":
+        return resolve_amp(amp, device)
+    choice = timed_amp(model, ds, device, channels_last)
+    if main:
+        print(f"amp auto: {choice.describe()}")
+    return choice.dtype
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
@@ -420,7 +435,9 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--skip-bad", action="store_true", help="report and skip bad image/mask pairs")
     e.add_argument("--dataset-options", help='extra dataset arguments as JSON, e.g. \'{"sbd_root": "..."}\'')
     e.add_argument("--device", default="auto")
-    e.add_argument("--amp", default="off", choices=("off", "auto", "bf16", "fp16"))
+    e.add_argument("--amp", default="off", choices=("off", "auto", "bf16", "fp16"),
+                   help="autocast dtype; auto: bf16 on CUDA, and on a CPU with native bf16 whichever of fp32 and "
+                        "bf16 a timed forward pass shows faster (off: fp32 results)")
     e.add_argument("--threads", type=int)
     e.add_argument("--no-channels-last", action="store_true", help="keep the default memory format")
     e.add_argument("--boundary", type=int, metavar="W",

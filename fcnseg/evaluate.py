@@ -17,6 +17,7 @@ from .data.palettes import label_image
 from .io.atomic import atomic_write
 from .metrics import ConfusionMatrix, MultilabelConfusion, boundary_band, per_image_scores
 from .models.inference import OVERLAP, predict_image
+from .runtime.amp import AmpChoice, faster_autocast
 from .tta import tta_record
 
 
@@ -161,6 +162,23 @@ def _gathered(image_scores: list[dict], world: int) -> list[dict]:
         dist.all_gather_object(gathered, image_scores)
         image_scores = [r for part in gathered for r in part]
     return sorted(image_scores, key=lambda r: r["index"])
+
+
+def timed_amp(model, dataset, device: torch.device, channels_last: bool = False) -> AmpChoice:
+    """``--amp auto`` on the CPU: times the model's forward pass on a random input of the dataset's first image's
+    size, in fp32 and in bf16 (``fcnseg.runtime.amp.faster_autocast``), and returns the faster. A model that is
+    not a torch module (an exported file: its runtime picks its own precision) or an empty dataset: fp32."""
+    if not isinstance(model, torch.nn.Module) or len(dataset) == 0:
+        return AmpChoice(None, {}, "not a PyTorch model" if len(dataset) else "no images")
+    image, _ = dataset[0]
+    x = torch.rand((1, *image.shape), generator=torch.Generator().manual_seed(0)).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step(dtype: torch.dtype | None) -> None:
+        with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
+            model(x)
+    return faster_autocast(step, device)
 
 
 def _predict(net, image: torch.Tensor, device, channels_last: bool, tta: dict | None) -> torch.Tensor:

