@@ -288,7 +288,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.quantize:
         return _export_int8(model, out, args)
     t = time.perf_counter()
-    out = export(model, out, args.format)
+    out = export(model, out, args.format, labels=args.labels)
     print(f"wrote {out} ({_size_mb(out):.1f} MB) in {time.perf_counter() - t:.1f} s")
     if args.no_verify:
         return 0
@@ -298,6 +298,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"  {h}x{w}: max |scores - PyTorch| = {row['max_abs_diff']:.2e} (scores up to "
               f"{row['max_abs_score']:.2f}), same labels at {100 * row['label_agreement']:.3f}% of pixels")
         worst = max(worst, row["max_abs_diff"] / max(row["max_abs_score"], 1e-6))
+        if row.get("label_output_agreement", 1.0) < 1.0:
+            raise RuntimeError(f"{out}: the graph's labels output differs from the argmax of its scores on "
+                               f"{100 * (1 - row['label_output_agreement']):.3f}% of pixels at {h}x{w}")
     if worst > 1e-3:
         raise RuntimeError(f"{out}: exported outputs differ from PyTorch's by {worst:.1e} (relative)")
     return 0
@@ -325,7 +328,7 @@ def _export_int8(model, out: Path, args: argparse.Namespace) -> int:
                             args.calibration_images, options)
     record = quantize(model, out, calib, args.format, source=args.model,
                       allow_accuracy_drop=args.allow_accuracy_drop, min_agreement=args.min_agreement,
-                      max_iu_drop=args.max_iu_drop / 100)
+                      max_iu_drop=args.max_iu_drop / 100, labels=args.labels)
     c = record["check"]
     print(f"wrote {out.with_suffix('.xml') if args.format == 'openvino' else out} ({_size_mb(out):.1f} MB) in "
           f"{record['seconds']:.1f} s: {record['scheme']}; {len(record['fp32_layers'])} layers kept in fp32 "
@@ -538,6 +541,8 @@ def _add_export(sub) -> None:
                    "the int8 file may lose against fp32 on the calibration images (default 1.0)")
     x.add_argument("--allow-accuracy-drop", action="store_true", help="write the int8 file even when it misses "
                    "--min-agreement or --max-iu-drop")
+    x.add_argument("--labels", action="store_true", help="the graph also outputs the uint8 label map (argmax; "
+                   "multiclass models): 1 byte per pixel leaves the runtime instead of 4 per class and pixel")
     x.add_argument("--no-verify", action="store_true", help="skip comparing outputs with PyTorch on 4 sizes")
     x.set_defaults(func=_cmd_export)
 

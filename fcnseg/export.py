@@ -48,15 +48,63 @@ def _traceable(model: FCN) -> FCN:
     return m.to(memory_format=torch.contiguous_format)
 
 
-def export_onnx(model: FCN, path: str | os.PathLike, opset: int = 17) -> Path:
+LABELS = "labels"
+
+
+def check_label_output(model) -> None:
+    """Raises ValueError unless ``model``'s labels can be computed inside an exported graph: a multiclass model of
+    at most 256 classes (a binary or multilabel model's labels depend on the threshold chosen at run time)."""
+    if getattr(model, "task", "multiclass") != "multiclass":
+        raise ValueError(f"--labels: the labels of a {model.task} model depend on --threshold at run time; "
+                         "export it without --labels")
+    if model.num_classes > 256:
+        raise ValueError(f"--labels: {model.num_classes} classes do not fit the uint8 label output (at most 256)")
+
+
+def add_label_output(proto) -> None:
+    """Appends the output ``labels`` to an ONNX graph (in place): ``(N, H, W)`` uint8, the argmax over the classes
+    of the first output (``scores``; ties go to the lower class, as ``torch.argmax``). A runtime asked for the
+    labels alone hands back 1 byte per pixel instead of 4 per class and pixel."""
+    from onnx import TensorProto, helper
+
+    graph = proto.graph
+    scores = graph.output[0].name
+    graph.node.extend([
+        helper.make_node("ArgMax", [scores], ["labels_int64"], name="labels_argmax", axis=1, keepdims=0,
+                         select_last_index=0),
+        helper.make_node("Cast", ["labels_int64"], [LABELS], name="labels_cast", to=TensorProto.UINT8)])
+    graph.output.append(helper.make_tensor_value_info(LABELS, TensorProto.UINT8, ["batch", "height", "width"]))
+
+
+def add_openvino_label_output(ir) -> None:
+    """``add_label_output`` for an ``openvino.Model`` (in place): a ``labels`` result, the uint8 argmax over the
+    classes of the first output (TopK with k = 1 gives the first index among equal maxima, as ``torch.argmax``)."""
+    import openvino.opset13 as ops
+
+    scores = ir.get_results()[0].input_value(0)  # what the scores result reads
+    top = ops.topk(scores, ops.constant(np.int64(1)), axis=1, mode="max", sort="value", index_element_type="i32",
+                   stable=True)
+    label = ops.convert(ops.squeeze(top.output(1), ops.constant(np.array([1], dtype=np.int64))), "u8")
+    result = ops.result(label)
+    result.output(0).get_tensor().set_names({LABELS})
+    ir.add_results([result])
+
+
+def export_onnx(model: FCN, path: str | os.PathLike, opset: int = 17, labels: bool = False) -> Path:
     """Writes ``model`` as an ONNX graph with dynamic batch, height and width.
 
     Args:
         model: the FCN to export (left unchanged).
         path: the ``.onnx`` file to write (atomically).
         opset: ONNX operator set (17 runs on ONNX Runtime 1.14 and newer).
+        labels: also output ``labels`` (``add_label_output``: uint8 argmax).
+
+    Raises:
+        ValueError: ``labels`` for a model whose labels cannot be in the graph (``check_label_output``).
     """
     onnx = require("onnx", extra="onnx", what="exporting to ONNX")
+    if labels:
+        check_label_output(model)
     m = _traceable(model)
     x = torch.rand(1, model.in_channels, *TRACE_SIZE)
     dynamic = {0: "batch", 2: "height", 3: "width"}
@@ -72,6 +120,8 @@ def export_onnx(model: FCN, path: str | os.PathLike, opset: int = 17) -> Path:
         entry = proto.metadata_props.add()
         entry.key, entry.value = "fcnseg", _metadata(model)
         proto.producer_name = "fcnseg"
+        if labels:
+            add_label_output(proto)
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
 
@@ -98,18 +148,20 @@ def export_torchscript(model: FCN, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def export_openvino(model: FCN, path: str | os.PathLike) -> Path:
+def export_openvino(model: FCN, path: str | os.PathLike, labels: bool = False) -> Path:
     """Writes ``model`` as an OpenVINO IR (``path`` ``.xml`` plus its ``.bin`` weights, fp32), converted from the
     ONNX export, with dynamic batch, height and width; the metadata travels in the IR's ``rt_info`` (``fcnseg``).
+    ``labels``: also output ``labels`` (uint8 argmax; see ``add_label_output``).
 
     Raises:
         RuntimeError: the ``openvino`` package is not installed (named, with the pip command).
+        ValueError: see ``check_label_output``.
     """
     import tempfile
 
     ov = require("openvino", extra="openvino", what="the OpenVINO backend")
     with tempfile.TemporaryDirectory(prefix="fcnseg-ov-") as tmp:
-        export_onnx(model, Path(tmp) / "fp32.onnx")
+        export_onnx(model, Path(tmp) / "fp32.onnx", labels=labels)
         ir = ov.convert_model(str(Path(tmp) / "fp32.onnx"))
     return save_openvino(ir, path, _metadata(model))
 
@@ -133,12 +185,19 @@ def save_openvino(ir, path: str | os.PathLike, metadata: str) -> Path:
     return path
 
 
-def export(model: FCN, path: str | os.PathLike, fmt: str = "onnx") -> Path:
-    """Writes ``model`` to ``path`` in format ``fmt`` (one of ``FORMATS``); returns the path written."""
+def export(model: FCN, path: str | os.PathLike, fmt: str = "onnx", labels: bool = False) -> Path:
+    """Writes ``model`` to ``path`` in format ``fmt`` (one of ``FORMATS``); returns the path written. ``labels``:
+    the ONNX and OpenVINO graphs also output the uint8 label map (``add_label_output``).
+
+    Raises:
+        ValueError: an unknown format, or ``labels`` for TorchScript or a model ``check_label_output`` refuses.
+    """
     if fmt == "onnx":
-        return export_onnx(model, path)
+        return export_onnx(model, path, labels=labels)
     if fmt == "openvino":
-        return export_openvino(model, path)
+        return export_openvino(model, path, labels=labels)
+    if labels:
+        raise ValueError("--labels: an output inside the graph for onnx and openvino exports, not torchscript")
     if fmt == "torchscript":
         return export_torchscript(model, path)
     raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -151,6 +210,7 @@ class ExportedFCN:
     Attributes:
         num_classes, class_names, palette, arch, backbone, task, threshold, in_channels: as on an ``FCN``.
         input_multiple: inputs are edge-padded to this multiple inside the graph (1: none).
+        label_output: the graph also outputs ``labels`` (uint8 argmax), which ``predict_labels`` asks for alone.
         quantization: a quantized file's record (scheme, calibration set, fp32 source, fp32 layers, accuracy
             check), else None.
     """
@@ -180,6 +240,16 @@ class ExportedFCN:
         if mode:
             raise RuntimeError(f"{self.path}: an exported model runs inference only")
         return self
+
+    label_output = False
+
+    def predict_labels(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W)`` int64 labels of a ``(N, C, H, W)`` float batch in [0, 1], from the graph's ``labels``
+        output where it has one (no scores leave the runtime), else from its scores."""
+        if not self.label_output:
+            return self.labels(self(x))
+        _check_input(x, self.in_channels)
+        return torch.from_numpy(self._run_labels(np.ascontiguousarray(x.detach().cpu().float().numpy()))).long()
 
     def labels(self, scores: torch.Tensor) -> torch.Tensor:
         """``(N, H, W)`` labels from ``(N, C, H, W)`` scores, as ``FCN.labels``."""
@@ -224,6 +294,10 @@ class OnnxModel(ExportedFCN):
         self._read_metadata(self.session.get_modelmeta().custom_metadata_map.get("fcnseg"),
                             self.session.get_outputs()[0].shape[1])
         self.input_name = self.session.get_inputs()[0].name
+        self.label_output = LABELS in {o.name for o in self.session.get_outputs()[1:]}
+
+    def _run_labels(self, array: np.ndarray) -> np.ndarray:
+        return self.session.run([LABELS], {self.input_name: array})[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_channels)
@@ -270,15 +344,24 @@ class OpenVinoModel(ExportedFCN):
         channels = ir.output(0).get_partial_shape()[1]
         self._read_metadata(_openvino_metadata(ir, self.path), channels.get_length() if channels.is_static else None)
         self.precision = precision
+        self.label_output = any(LABELS in out.get_names() for out in ir.outputs[1:])
         self._local = threading.local()  # an infer request per thread: serve's workers run concurrently
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_channels)
+    def _request(self):
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
+        return request
+
+    def _run_labels(self, array: np.ndarray) -> np.ndarray:
+        request = self._request()
+        request.infer({0: array})
+        return np.array(request.get_tensor(LABELS).data)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_channels)
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        return torch.from_numpy(np.array(request.infer({0: array})[0], dtype=np.float32))
+        return torch.from_numpy(np.array(self._request().infer({0: array})[0], dtype=np.float32))
 
     def __repr__(self) -> str:
         return f"OpenVinoModel({str(self.path)!r}, {self.arch} {self.backbone}, {self.num_classes} classes)"
@@ -353,9 +436,10 @@ def cached_onnx(name_or_path: str | os.PathLike) -> Path:
 def verify(model: FCN, path: str | os.PathLike, sizes=VERIFY_SIZES, batch: int = 1) -> list[dict]:
     """Runs the exported file and the PyTorch model on random images of each size.
 
-    Returns one dict per size: ``size``, ``max_abs_diff`` of the scores, ``max_abs_score`` (for scale) and
+    Returns one dict per size: ``size``, ``max_abs_diff`` of the scores, ``max_abs_score`` (for scale),
     ``label_agreement`` (share of pixels with the same labels: argmax, or the threshold for binary and
-    multilabel models).
+    multilabel models) and, for a file with a ``labels`` output, ``label_output_agreement`` (share of pixels
+    where that output equals the argmax of the file's own scores).
     """
     path = Path(path)
     run = open_exported(path)
@@ -372,4 +456,6 @@ def verify(model: FCN, path: str | os.PathLike, sizes=VERIFY_SIZES, batch: int =
         rows.append({"size": [h, w], "max_abs_diff": float((out - ref).abs().max()),
                      "max_abs_score": float(ref.abs().max()),
                      "label_agreement": float((model.labels(out) == model.labels(ref)).float().mean())})
+        if getattr(run, "label_output", False):  # the graph's own argmax against the argmax of its scores
+            rows[-1]["label_output_agreement"] = float((run.predict_labels(x) == model.labels(out)).float().mean())
     return rows

@@ -32,7 +32,16 @@ from pathlib import Path
 import torch
 
 from ._optional import require
-from .export import OnnxModel, OpenVinoModel, _metadata, export_onnx, save_openvino
+from .export import (
+    OnnxModel,
+    OpenVinoModel,
+    _metadata,
+    add_label_output,
+    add_openvino_label_output,
+    check_label_output,
+    export_onnx,
+    save_openvino,
+)
 from .io.atomic import atomic_write
 from .metrics import ConfusionMatrix
 
@@ -190,7 +199,7 @@ def _source_record(source) -> dict:
 
 def quantize(model, path: str | os.PathLike, calib: Calibration, fmt: str = "onnx", *, source=None,
              allow_accuracy_drop: bool = False, min_agreement: float = MIN_AGREEMENT,
-             max_iu_drop: float = MAX_IU_DROP) -> dict:
+             max_iu_drop: float = MAX_IU_DROP, labels: bool = False) -> dict:
     """Writes an int8 version of ``model`` to ``path`` (``.onnx``, or ``.xml`` + ``.bin`` for "openvino").
 
     Args:
@@ -201,6 +210,8 @@ def quantize(model, path: str | os.PathLike, calib: Calibration, fmt: str = "onn
         source: the fp32 model's name or file, recorded with its sha256.
         allow_accuracy_drop: write the file even when the check fails the thresholds.
         min_agreement, max_iu_drop: the thresholds (share of pixels; mean IU on 0..1).
+        labels: the file also outputs the uint8 label map (``fcnseg.export.add_label_output``), added after
+            quantization so that the argmax reads the int8 graph's dequantized scores.
 
     Returns:
         The ``quantization`` record stored in the file: ``scheme``, ``calibration``, ``fp32_source``,
@@ -209,9 +220,12 @@ def quantize(model, path: str | os.PathLike, calib: Calibration, fmt: str = "onn
     Raises:
         AccuracyDropError: the check failed and ``allow_accuracy_drop`` is False (nothing written).
         RuntimeError: ``onnxruntime``, ``openvino`` or ``nncf`` missing (named, with the pip command).
+        ValueError: an unknown format, or ``labels`` for a model ``check_label_output`` refuses.
     """
     if fmt not in FORMATS:
         raise ValueError(f"int8 export to {fmt!r}: valid formats are {', '.join(FORMATS)}")
+    if labels:
+        check_label_output(model)
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fcnseg-int8-") as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx")
@@ -234,14 +248,16 @@ def quantize(model, path: str | os.PathLike, calib: Calibration, fmt: str = "onn
                 f"(at least {100 * min_agreement:.1f}% wanted), mean IU {100 * check['mean_iu_int8']:.2f} vs fp32 "
                 f"{100 * check['mean_iu_fp32']:.2f} (at most {100 * max_iu_drop:.1f} points lower wanted) on "
                 f"{len(calib.names)} calibration images; --allow-accuracy-drop writes it anyway")
-        _write(model, quantized, path, fmt, record)
+        _write(model, quantized, path, fmt, record, labels)
     return record
 
 
-def _write(model, quantized, path: str | os.PathLike, fmt: str, record: dict) -> None:
+def _write(model, quantized, path: str | os.PathLike, fmt: str, record: dict, labels: bool) -> None:
     meta = _metadata(model, quantization=record)
     if fmt == "openvino":
         ir = _openvino().Core().read_model(str(quantized.path))
+        if labels:
+            add_openvino_label_output(ir)
         save_openvino(ir, path, meta)
         return
     import onnx
@@ -251,6 +267,8 @@ def _write(model, quantized, path: str | os.PathLike, fmt: str, record: dict) ->
     entry = proto.metadata_props.add()
     entry.key, entry.value = "fcnseg", meta
     proto.producer_name = "fcnseg"
+    if labels:
+        add_label_output(proto)
 
     def write(tmp: str) -> None:
         onnx.save(proto, tmp)

@@ -23,6 +23,12 @@ def shapes(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def module_shapes(tmp_path_factory) -> Path:
+    """The shapes dataset (8 images of 48x64, train/val), one per test module."""
+    return make_shapes(tmp_path_factory.mktemp("data") / "shapes", n=8, size=(48, 64), splits=True)
+
+
+@pytest.fixture(scope="module")
 def tiny_model_file(tmp_path_factory) -> Path:
     """A 3-class FCN-8s with random score layers (its labels vary across an image), saved as a model file
     (``save_shapes_model``); one per test module."""

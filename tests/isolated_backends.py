@@ -6,20 +6,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import make_shapes, save_shapes_model
 
 import fcnseg
 from fcnseg.cli import main
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    return save_shapes_model(tmp_path_factory.mktemp("m") / "shapes.safetensors")
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return make_shapes(tmp_path_factory.mktemp("data") / "shapes", n=8, size=(48, 64), splits=True)
 
 
 def _photo(h=61, w=83, seed=0):
@@ -28,10 +17,10 @@ def _photo(h=61, w=83, seed=0):
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_exported_backends_give_eager_scores_and_labels(model_file, backend, tmp_path, monkeypatch):
+def test_exported_backends_give_eager_scores_and_labels(tiny_model_file, backend, tmp_path, monkeypatch):
     monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
-    eager = fcnseg.load(model_file)
-    run = fcnseg.load(model_file, backend=backend, threads=1)
+    eager = fcnseg.load(tiny_model_file)
+    run = fcnseg.load(tiny_model_file, backend=backend, threads=1)
     assert run.class_names == eager.class_names and run.palette == eager.palette
     x = torch.rand(1, 3, 61, 83)  # odd sizes: the graph keeps height and width symbolic
     with torch.inference_mode():
@@ -73,18 +62,18 @@ def test_compiled_backend_gives_eager_scores_and_reports_compile_time(capsys):
     assert compiled.num_classes == 3 and labels.shape == (48, 64) and set(labels.unique().tolist()) <= {0, 1, 2}
 
 
-def test_openvino_export_carries_metadata_and_evaluate_and_predict_take_it(model_file, shapes, tmp_path):
+def test_openvino_export_carries_metadata_and_evaluate_and_predict_take_it(tiny_model_file, module_shapes, tmp_path):
     xml = tmp_path / "shapes.xml"
-    assert main(["export", "--model", str(model_file), "--format", "openvino", "--out", str(xml)]) == 0
+    assert main(["export", "--model", str(tiny_model_file), "--format", "openvino", "--out", str(xml)]) == 0
     assert xml.is_file() and xml.with_suffix(".bin").is_file()
     run = fcnseg.load(xml)
     assert type(run).__name__ == "OpenVinoModel" and run.class_names == ["background", "square", "disc"]
     assert run.input_multiple == 1 and run.quantization is None
-    eager = fcnseg.load(model_file)
-    for backend, model in (("openvino", str(xml)), ("torch", str(model_file))):
+    eager = fcnseg.load(tiny_model_file)
+    for backend, model in (("openvino", str(xml)), ("torch", str(tiny_model_file))):
         out = tmp_path / f"eval-{backend}"
-        assert main(["evaluate", "--model", model, "--dataset", "folder", "--root", str(shapes), "--split", "val",
-                     "--out", str(out)]) == 0
+        assert main(["evaluate", "--model", model, "--dataset", "folder", "--root", str(module_shapes),
+                     "--split", "val", "--out", str(out)]) == 0
     ov_iu = json.loads((tmp_path / "eval-openvino" / "metrics.json").read_text())
     torch_iu = json.loads((tmp_path / "eval-torch" / "metrics.json").read_text())
     assert ov_iu["backend"] == "openvino" and ov_iu["num_images"] == 2
@@ -96,6 +85,21 @@ def test_openvino_export_carries_metadata_and_evaluate_and_predict_take_it(model
     assert main(["predict", str(photo), "--model", str(xml), "--out", str(tmp_path / "p"), "--quiet"]) == 0
     labels = np.asarray(Image.open(tmp_path / "p" / "photo.png"))
     assert (labels == eager.predict(photo).numpy()).mean() > 0.999
+
+
+def test_openvino_label_output_and_evaluate_on_it(tiny_model_file, module_shapes, tmp_path):
+    xml = tmp_path / "labels.xml"
+    assert main(["export", "--model", str(tiny_model_file), "--format", "openvino", "--out", str(xml), "--labels"]) == 0
+    run = fcnseg.load(xml)
+    x = torch.rand(2, 3, 45, 61, generator=torch.Generator().manual_seed(2))
+    labels = run.predict_labels(x)
+    assert run.label_output and labels.shape == (2, 45, 61) and torch.equal(labels, run(x).argmax(1))
+    scores = {}
+    for name, model in (("labels", xml), ("torch", tiny_model_file)):
+        assert main(["evaluate", "--model", str(model), "--dataset", "folder", "--root", str(module_shapes),
+                     "--split", "val", "--out", str(tmp_path / name)]) == 0
+        scores[name] = json.loads((tmp_path / name / "metrics.json").read_text())["mean_iu"]
+    assert abs(scores["labels"] - scores["torch"]) < 1e-3
 
 
 def test_a_legacy_model_keeps_its_input_multiple_in_the_export(tmp_path):
@@ -112,28 +116,29 @@ def test_a_legacy_model_keeps_its_input_multiple_in_the_export(tmp_path):
     assert out.shape == ref.shape == (1, 3, 45, 70) and (out - ref).abs().max() <= 1e-3 * ref.abs().max()
 
 
-def test_a_backend_that_cannot_run_the_file_or_is_unknown_says_so(model_file, tmp_path, capsys):
+def test_a_backend_that_cannot_run_the_file_or_is_unknown_says_so(tiny_model_file, tmp_path, capsys):
     from fcnseg.export import export_onnx
 
-    onnx = export_onnx(fcnseg.load(model_file), tmp_path / "m.onnx")
+    onnx = export_onnx(fcnseg.load(tiny_model_file), tmp_path / "m.onnx")
     with pytest.raises(ValueError, match=r"m.onnx: a .onnx file runs with --backend onnxruntime or openvino, not "
                                          r"torch"):
         fcnseg.load(onnx, backend="torch")
     with pytest.raises(ValueError, match="unknown backend 'tensorrt'; valid: torch, compiled, onnxruntime, openvino"):
-        fcnseg.load(model_file, backend="tensorrt")
+        fcnseg.load(tiny_model_file, backend="tensorrt")
     assert main(["predict", str(tmp_path), "--model", str(onnx), "--backend", "compiled", "--out",
                  str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"fcnseg: error: {onnx}: a .onnx file runs with --backend onnxruntime or openvino, not compiled"]
 
 
-def test_a_missing_backend_package_is_named_with_the_pip_command(model_file, tmp_path, monkeypatch, capsys):
+def test_a_missing_backend_package_is_named_with_the_pip_command(tiny_model_file, tmp_path, monkeypatch, capsys):
     # None in sys.modules makes Python's import fail as it does for a package that is not installed.
     monkeypatch.setitem(sys.modules, "openvino", None)
     monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ImportError, match=r"the OpenVINO backend needs openvino: pip install 'fcnseg\[openvino\]'"):
-        fcnseg.load(model_file, backend="openvino")
-    assert main(["export", "--model", str(model_file), "--format", "openvino", "--out", str(tmp_path / "m.xml")]) == 2
+        fcnseg.load(tiny_model_file, backend="openvino")
+    out = tmp_path / "m.xml"
+    assert main(["export", "--model", str(tiny_model_file), "--format", "openvino", "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "fcnseg: error: the OpenVINO backend needs openvino: pip install 'fcnseg[openvino]'"]
     assert not list(tmp_path.glob("m.*"))
@@ -151,12 +156,12 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path, monkeypatch):
     assert cpu.cpu_has_fast_bf16()
 
 
-def test_serve_loads_every_model_with_the_backend_given(model_file, tmp_path, monkeypatch):
+def test_serve_loads_every_model_with_the_backend_given(tiny_model_file, tmp_path, monkeypatch):
     from fcnseg.serve import load_models
 
     monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
-    models = load_models([str(model_file)], "cpu", "onnxruntime")
+    models = load_models([str(tiny_model_file)], "cpu", "onnxruntime")
     assert list(models) == ["shapes"]
     model = models["shapes"]
-    assert type(model).__name__ == "OnnxModel" and model.source == str(model_file)
-    assert (model.predict(_photo()) == fcnseg.load(model_file).predict(_photo())).float().mean() > 0.999
+    assert type(model).__name__ == "OnnxModel" and model.source == str(tiny_model_file)
+    assert (model.predict(_photo()) == fcnseg.load(tiny_model_file).predict(_photo())).float().mean() > 0.999

@@ -255,6 +255,37 @@ class TestExport:
         image = _image(70, 90, seed=4)
         assert (onnx_model.predict(image) == model.predict(image)).float().mean() > 0.999
 
+    def test_label_output_is_the_uint8_argmax_of_the_graphs_scores(self, model, tmp_path):
+        import onnx
+
+        from fcnseg.export import OnnxModel, export_onnx, verify
+
+        path = export_onnx(model, tmp_path / "m.onnx", labels=True)
+        outputs = {o.name: o.type.tensor_type.elem_type for o in onnx.load(str(path)).graph.output}
+        assert outputs == {"scores": onnx.TensorProto.FLOAT, "labels": onnx.TensorProto.UINT8}
+        rows = verify(model, path, sizes=((33, 47), (120, 90)), batch=2)
+        assert [row["label_output_agreement"] for row in rows] == [1.0, 1.0]
+        run = OnnxModel(path)
+        x = torch.rand(2, 3, 57, 71, generator=torch.Generator().manual_seed(3))
+        labels = run.predict_labels(x)
+        assert run.label_output and labels.dtype == torch.int64 and labels.shape == (2, 57, 71)
+        assert torch.equal(labels, run(x).argmax(1))
+        image = _image(70, 90, seed=4)  # predict takes the label output; tiles and flips still need the scores
+        plain = OnnxModel(export_onnx(model, tmp_path / "s.onnx"))
+        assert np.array_equal(run.predict(image, tile=None), plain.predict(image, tile=None))
+        flipped = run.predict(image, tile=None, flip=True) == model.predict(image, tile=None, flip=True)
+        assert flipped.float().mean() > 0.999
+
+    def test_label_output_refused_where_the_labels_are_not_an_argmax(self, tmp_path):
+        from fcnseg.export import export
+
+        binary = fcnseg.build_model("fcn32s", "resnet18", 2, task="binary")
+        with pytest.raises(ValueError, match="labels of a binary model depend on --threshold"):
+            export(binary, tmp_path / "b.onnx", labels=True)
+        with pytest.raises(ValueError, match="not torchscript"):
+            export(binary, tmp_path / "b.pt", "torchscript", labels=True)
+        assert not list(tmp_path.iterdir())
+
     def test_torchscript_matches_pytorch(self, model, tmp_path):
         from fcnseg.export import export_torchscript, verify
 

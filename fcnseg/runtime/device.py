@@ -33,9 +33,9 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` ("off", "auto", "bf16", "fp16") on ``device`` (None: full precision).
 
     "auto" picks bf16 (or fp16 without bf16) on CUDA and full precision on the CPU, where bf16 is a win only
-    for some nets even on CPUs that compute it natively: jobs that can time their own step then choose with
-    ``fcnseg.runtime.amp.faster_autocast`` (training, ``fcnseg evaluate --amp auto``). bf16 asked for on a CPU without native bf16 falls
-    back to fp32 with a warning (it would be 40-180x slower); fp16 autocast is CUDA-only.
+    for some nets even on CPUs that compute it natively: jobs that can time their own step then choose
+    with ``fcnseg.runtime.amp.faster_autocast`` (training, ``fcnseg evaluate --amp auto``). bf16 asked for on a
+    CPU without native bf16 falls back to fp32 with a warning (it would be 40-180x slower); fp16 autocast is CUDA-only.
     """
     if amp == "off":
         return None
