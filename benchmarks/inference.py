@@ -5,7 +5,7 @@ ONNX Runtime, OpenVINO; fp32, int8 and, where the CPU has native bf16, bf16) aga
     python benchmarks/inference.py --only lite0 lraspp --quick   # a subset, fewer repeats, 360x480 only
     python benchmarks/inference.py --device cuda        # a GPU: fp32 and fp16 autocast rows
 
-The deployment rows: ``camvid-fcn8s-lite0`` is the shipped model (trained weights, 11 classes); its int8 files are
+The deployment rows: ``DEFAULT_MODEL`` is the shipped model (trained weights, 11 classes); its int8 files are
 written by ``fcnseg export --quantize int8`` calibrated on CamVid train (``--camvid``, default ../shared/data/camvid),
 and the CamVid val mean IU of every backend is measured by ``fcnseg evaluate`` on the 101 val images (skip with
 ``--no-accuracy``). FCN-8s-VGG16 (random weights, 21 classes) is quantized by ``fcnseg.quantize`` calibrated on
@@ -48,8 +48,10 @@ import time
 import types
 from pathlib import Path
 
+from fcnseg.pretrained import DEFAULT_MODEL
+
 NUM_CLASSES = 21
-SHIPPED = "camvid-fcn8s-lite0"
+SHIPPED = DEFAULT_MODEL  # the model fcnseg predict uses
 ROWS = {
     # name: (library, model, runtime)
     "fcnseg FCN-8s VGG16 (eager)": ("fcnseg", "vgg16", "eager"),
@@ -64,15 +66,18 @@ ROWS = {
     "fcnseg FCN-8s Lite0 (eager)": ("fcnseg", "efficientnet_lite0", "eager"),
     "fcnseg FCN-8s Lite0 (channels_last)": ("fcnseg", "efficientnet_lite0", "channels_last"),
     "fcnseg FCN-8s Lite0 (ONNX Runtime)": ("fcnseg", "efficientnet_lite0", "onnxruntime"),
-    "fcnseg camvid-fcn8s-lite0 (eager)": ("fcnseg", SHIPPED, "eager"),
-    "fcnseg camvid-fcn8s-lite0 (channels_last)": ("fcnseg", SHIPPED, "channels_last"),
-    "fcnseg camvid-fcn8s-lite0 (bf16)": ("fcnseg", SHIPPED, "bf16"),
-    "fcnseg camvid-fcn8s-lite0 (compiled)": ("fcnseg", SHIPPED, "compiled"),
-    "fcnseg camvid-fcn8s-lite0 (ONNX Runtime)": ("fcnseg", SHIPPED, "onnxruntime"),
-    "fcnseg camvid-fcn8s-lite0 (OpenVINO)": ("fcnseg", SHIPPED, "openvino"),
-    "fcnseg camvid-fcn8s-lite0 (ONNX Runtime int8)": ("fcnseg", SHIPPED, "onnxruntime-int8"),
-    "fcnseg camvid-fcn8s-lite0 (OpenVINO int8)": ("fcnseg", SHIPPED, "openvino-int8"),
-    "fcnseg camvid-fcn8s-lite0 (OpenVINO, ORT's int8 file)": ("fcnseg", SHIPPED, "openvino-ortint8"),
+    f"fcnseg {SHIPPED} (eager)": ("fcnseg", SHIPPED, "eager"),
+    f"fcnseg {SHIPPED} (channels_last)": ("fcnseg", SHIPPED, "channels_last"),
+    f"fcnseg {SHIPPED} (bf16)": ("fcnseg", SHIPPED, "bf16"),
+    f"fcnseg {SHIPPED} (compiled)": ("fcnseg", SHIPPED, "compiled"),
+    f"fcnseg {SHIPPED} (ONNX Runtime)": ("fcnseg", SHIPPED, "onnxruntime"),
+    f"fcnseg {SHIPPED} (OpenVINO)": ("fcnseg", SHIPPED, "openvino"),
+    f"fcnseg {SHIPPED} (ONNX Runtime int8)": ("fcnseg", SHIPPED, "onnxruntime-int8"),
+    f"fcnseg {SHIPPED} (OpenVINO int8)": ("fcnseg", SHIPPED, "openvino-int8"),
+    f"fcnseg {SHIPPED} (OpenVINO, ORT's int8 file)": ("fcnseg", SHIPPED, "openvino-ortint8"),
+    # The same int8 files with the argmax in the graph (fcnseg export --labels): uint8 labels out, no scores.
+    f"fcnseg {SHIPPED} (ONNX Runtime int8, labels)": ("fcnseg", SHIPPED, "onnxruntime-int8-labels"),
+    f"fcnseg {SHIPPED} (OpenVINO int8, labels)": ("fcnseg", SHIPPED, "openvino-int8-labels"),
     "torchvision lraspp_mobilenet_v3_large (eager)": ("torchvision", "lraspp_mobilenet_v3_large", "eager"),
     "torchvision lraspp_mobilenet_v3_large (ONNX Runtime)": ("torchvision", "lraspp_mobilenet_v3_large",
                                                              "onnxruntime"),
@@ -81,7 +86,8 @@ ROWS = {
 }
 # Runtimes run from an exported file, and the file each reads (see ``_exported``).
 EXPORTED = {"onnxruntime": "fp32.onnx", "openvino": "fp32.onnx", "onnxruntime-int8": "int8.onnx",
-            "openvino-int8": "int8.xml", "openvino-ortint8": "int8.onnx"}
+            "openvino-int8": "int8.xml", "openvino-ortint8": "int8.onnx", "onnxruntime-int8-labels": "int8-labels.onnx",
+            "openvino-int8-labels": "int8-labels.xml"}
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
 
 
@@ -160,6 +166,7 @@ def worker(args: argparse.Namespace) -> dict:
     compiled = None
     if runtime in EXPORTED:
         run, flops = _exported_runner(runtime, args.file, args.threads), args.flops
+        run = run.predict_labels if runtime.endswith("-labels") else run
     else:
         model = build(library, name).eval().to(device)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -318,13 +325,14 @@ def _camvid_calibration(root: Path, count: int):
     return calib
 
 
-def _export_int8(name: str, fmt: str, path: Path, args: argparse.Namespace) -> dict:
-    """The int8 file of ``name``: the shipped model through ``fcnseg export --quantize int8`` (the command users
-    run), VGG16 (random weights, 21 classes) through ``fcnseg.quantize`` on CamVid train photos."""
+def _export_int8(name: str, fmt: str, path: Path, args: argparse.Namespace, labels: bool = False) -> dict:
+    """The int8 file of ``name``: the shipped model through ``fcnseg export --quantize int8 [--labels]`` (the
+    command users run), VGG16 (random weights, 21 classes) through ``fcnseg.quantize`` on CamVid train photos."""
     if name == SHIPPED:
         cmd = [sys.executable, "-m", "fcnseg.cli", "export", "--model", SHIPPED, "--format", fmt, "--out", str(path),
                "--quantize", "int8", "--calibration-dataset", "camvid", "--calibration-root", str(args.camvid),
-               "--calibration-split", "train", "--calibration-images", str(args.calibration_images)]
+               "--calibration-split", "train", "--calibration-images", str(args.calibration_images),
+               *(["--labels"] if labels else [])]
         _run_cli(cmd, args)
         from fcnseg.backends import load
 
@@ -358,7 +366,7 @@ def _exported(library: str, name: str, runtime: str, tmp: Path, args, records: d
             _export_fp32(library, name, path)
         else:
             records[(name, path.name)] = _export_int8(name, "openvino" if path.suffix == ".xml" else "onnx", path,
-                                                      args)
+                                                      args, labels="labels" in path.name)
     return path
 
 
@@ -456,14 +464,14 @@ def _deployment_ratios(rows: list[dict], size: tuple[int, int], ms) -> dict:
     backend; VGG16's fastest fp32 path as a fraction of the GEMM peak, and its fastest int8 path against it."""
     s, out = f"{size[0]}x{size[1]}", {}
     lr = ms("torchvision lraspp_mobilenet_v3_large (eager)", size)
-    for backend, peer in (("ONNX Runtime", "ONNX Runtime"), ("OpenVINO", "OpenVINO"),
-                          ("OpenVINO, ORT's int8 file", "OpenVINO")):
-        q = ms(f"fcnseg camvid-fcn8s-lite0 ({backend}{'' if 'file' in backend else ' int8'})", size)
-        same = ms(f"torchvision lraspp_mobilenet_v3_large ({peer})", size)
-        if q and lr:
-            out[f"lraspp eager / camvid-fcn8s-lite0 {backend} int8, {s} (speed-up)"] = lr / q
-        if q and same:
-            out[f"lraspp {peer} / camvid-fcn8s-lite0 {backend} int8, {s} (speed-up)"] = same / q
+    peers = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+    for row in [r for r in rows if r["model"] == SHIPPED and "int8" in r["runtime"] and tuple(r["size"]) == size]:
+        q, what = row["median_ms"], row["row"].removeprefix("fcnseg ")
+        same = ms(f"torchvision lraspp_mobilenet_v3_large ({peers[row['runtime'].split('-')[0]]})", size)
+        if lr:
+            out[f"lraspp eager / {what}, {s} (speed-up)"] = lr / q
+        if same:
+            out[f"lraspp {peers[row['runtime'].split('-')[0]]} / {what}, {s} (speed-up)"] = same / q
     vgg = [r for r in rows if r["model"] == "vgg16" and tuple(r["size"]) == size]
     fp32 = [r for r in vgg if r["amp"] == "fp32"]
     int8 = [r for r in vgg if "int8" in r["runtime"]]
