@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("name")
     ap.add_argument("--eval-dir", type=Path, required=True, help="output of fcnseg evaluate on the val split")
     ap.add_argument("--config", help="the config file the run used (for the card's command)")
+    ap.add_argument("--tta-eval-dir", type=Path, help="output of the same evaluation with --scales/--flip")
     args = ap.parse_args()
 
     cfg = yaml.safe_load((args.run / "config.yaml").read_text())
@@ -51,9 +52,10 @@ def main() -> None:
     per_class = "\n".join(f"| {n} | {pct(iu)} | {pct(acc)} |" for n, iu, acc in
                           zip(metrics["class_names"], metrics["per_class_iu"], metrics["per_class_acc"]))
     config = args.config or f"configs/{args.name}.yaml"
+    stride = int(cfg["arch"].removeprefix("fcn").removesuffix("s"))
     card = f"""# {args.name}
 
-FCN-8s ({cfg['arch']}) on {cfg['backbone']} for CamVid's 11 classes, trained by fcnseg on a 2-core CPU.
+FCN-{stride}s ({cfg['arch']}) on {cfg['backbone']} for CamVid's 11 classes, trained by fcnseg on a 2-core CPU.
 Load it with `fcnseg.load("{args.name}")`; `fcnseg predict` uses it by default.
 
 ## Data
@@ -68,12 +70,13 @@ Load it with `fcnseg.load("{args.name}")`; `fcnseg predict` uses it by default.
 weight decay {cfg['weight_decay']}, batch {cfg['batch_size']} of {cfg['crop'][0]}x{cfg['crop'][1]} random crops,
 random scale {cfg['scale'][0]}-{cfg['scale'][1]}, horizontal flip, colour jitter {cfg['color_jitter']},
 class weights `{cfg['class_weights']}`, {cfg['epochs']} epochs, channels-last fp32, seed {cfg['seed']}.
-Upsampling "{cfg['upsampling']}": the skip upsamplings are learned from bilinear, the final x8 is fixed bilinear.
+Upsampling "{cfg['upsampling']}": the skip upsamplings are learned from bilinear, the final x{stride} is fixed bilinear.
+Head alignment "exact": output pixel (i, j) is centred on input pixel (i, j) at every input size (docs/models.md).
 
     fcnseg train --config {config}
 
 Training took {seconds / 60:.0f} min of wall time on this project's 2-core CPU machine ({cpu}; other work shared
-the machine at times, so this is an upper bound; {len(rows)} steps, about {train_rate:.1f} training images/s
+the machine at times, so this is an upper bound; {rows[-1]['step']} steps, about {train_rate:.1f} training images/s
 over the last 50 steps). The checkpoint kept is the best
 val mean IU, from epoch {best['epoch']} (step {best['step']}).
 
@@ -93,9 +96,27 @@ val mean IU, from epoch {best['epoch']} (step {best['step']}).
 {per_class}
 
 Evaluation ran at {metrics['images_per_s']:.1f} images/s on the same machine. File size {size_mb:.1f} MB.
-"""
+{_tta_section(args)}"""
     (dest / f"{args.name}.md").write_text(card)
     print(card)
+
+
+def _tta_section(args) -> str:
+    """The card's test-time augmentation scores, from the evaluation with ``--scales``/``--flip`` (if given)."""
+    if not args.tta_eval_dir:
+        return ""
+    m = json.loads((args.tta_eval_dir / "metrics.json").read_text())
+    tta = m.get("tta") or {}
+    flags = f"--scales {' '.join(str(s) for s in tta.get('scales') or [1.0])}"
+    flags += " --flip" if tta.get("flip") else ""
+    return f"""
+## With test-time augmentation
+
+    fcnseg evaluate --model {args.name} --dataset camvid --root ../shared/data/camvid --split val {flags}
+
+pixel accuracy {100 * m['pixel_acc']:.1f}, mean accuracy {100 * m['mean_acc']:.1f},
+**mean IU {100 * m['mean_iu']:.1f}**, frequency-weighted IU {100 * m['fw_iu']:.1f}, at {m['images_per_s']:.1f} images/s.
+"""
 
 
 if __name__ == "__main__":
