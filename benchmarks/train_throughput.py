@@ -1,10 +1,13 @@
 """Training and evaluation throughput of the two recipes on real CamVid images, side by side.
 
     python benchmarks/train_throughput.py [--root ../shared/data/camvid] [--steps 20] [--backbone efficientnet_lite0]
+    python benchmarks/train_throughput.py --only bf16 channels_last --arch fcn4s --no-eval   # fp32 against bf16
 
 Runs ``fcnseg train`` for a few steps in each mode (same backbone, same data, same machine, one after the
 other) and reports training images/s from the run's own log (first steps dropped as warm-up), then the
-evaluation images/s over the val split at full resolution.
+evaluation images/s over the val split at full resolution. The bf16 rows run where the CPU computes bf16
+natively (AVX512-BF16 or AMX); "amp auto" is what the default ``amp: auto`` chose (it prints its timing). The
+CPU's model name and flags are printed first.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 
 from fcnseg.data import build_dataset, eval_transforms
 from fcnseg.evaluate import evaluate
+from fcnseg.runtime.cpu import cpu_flags, cpu_has_fast_bf16, cpu_name
 from fcnseg.train import load_config, train
 
 
@@ -28,19 +32,32 @@ def main() -> None:
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-images", type=int, default=40)
+    ap.add_argument("--arch", default="fcn8s")
+    ap.add_argument("--only", nargs="+", metavar="WORD", help="only recipes whose name contains one of these words")
+    ap.add_argument("--no-eval", dest="eval", action="store_false", help="skip the evaluation rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    modern = dict(mode="modern", batch_size=8, crop=[288, 384])
     runs = {
-        "heavy (batch 1, whole 480x360, SGD 0.99, summed loss)": dict(mode="heavy", lr=1e-10),
-        "modern (batch 8 of 288x384 crops, AdamW, fp32)": dict(mode="modern", batch_size=8, crop=[288, 384]),
-        "modern + channels_last": dict(mode="modern", batch_size=8, crop=[288, 384], channels_last=True),
-        "modern + loss sampling 0.25": dict(mode="modern", batch_size=8, crop=[288, 384], loss_sample=0.25),
+        "heavy (batch 1, whole 480x360, SGD 0.99, summed loss)": dict(mode="heavy", lr=1e-10, amp="off"),
+        "modern (batch 8 of 288x384 crops, AdamW, fp32)": dict(modern, amp="off"),
+        "modern + channels_last": dict(modern, channels_last=True, amp="off"),
+        "modern + channels_last + bf16 autocast": dict(modern, channels_last=True, amp="bf16"),
+        "modern + channels_last + amp auto": dict(modern, channels_last=True, amp="auto"),
+        "modern + loss sampling 0.25": dict(modern, loss_sample=0.25, amp="off"),
     }
+    if not cpu_has_fast_bf16():
+        runs = {k: v for k, v in runs.items() if v["amp"] != "bf16"}
+    if args.only:
+        runs = {k: v for k, v in runs.items() if any(w.lower() in k.lower() for w in args.only)}
+    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"})
+    print(f"CPU: {cpu_name()}; flags: {', '.join(flags) or 'none of avx2/avx512/amx'}; {args.threads} threads; "
+          f"{args.arch} {args.backbone}")
     print(f"{'recipe':58s} {'train img/s':>11s}")
     model = None
     for name, extra in runs.items():
         with tempfile.TemporaryDirectory() as out:
-            cfg = load_config(None, dict(dataset="camvid", root=args.root, arch="fcn8s", backbone=args.backbone,
+            cfg = load_config(None, dict(dataset="camvid", root=args.root, arch=args.arch, backbone=args.backbone,
                                          val_split=None, max_steps=args.steps, epochs=1000, workers=1,
                                          threads=args.threads, tensorboard=False, out=out, log_every=10**9,
                                          **extra))
@@ -55,12 +72,15 @@ def main() -> None:
                 from fcnseg.io.modelfile import load_model
 
                 model = load_model(Path(out) / "model.safetensors")
+    if not args.eval:
+        return
     val = build_dataset("camvid", args.root, "val", transforms=eval_transforms())
     val.samples = val.samples[: args.eval_images]
-    for cl in (False, True):
+    for cl, amp in [(False, None), (True, None)] + ([(True, torch.bfloat16)] if cpu_has_fast_bf16() else []):
         m = model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-        r = evaluate(m, val, channels_last=cl)
-        print(f"{'evaluate 480x360, batch 1' + (', channels_last' if cl else ''):58s} {r['images_per_s']:11.2f}")
+        r = evaluate(m, val, channels_last=cl, amp_dtype=amp)
+        name = "evaluate 480x360, batch 1" + (", channels_last" if cl else "") + (", bf16" if amp else "")
+        print(f"{name:58s} {r['images_per_s']:11.2f}")
 
 
 if __name__ == "__main__":
