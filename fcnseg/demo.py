@@ -1,7 +1,7 @@
 """``fcnseg demo``: the shipped CamVid FCN-8s on street photos, and (``--classifier``) the paper's first step.
 
 The main demo segments the photos in ``fcnseg/demo_images`` (OpenCV sample photos, Apache-2.0/BSD-3-Clause;
-not CamVid) with ``camvid-fcn8s-lite0`` and writes overlays, label maps and class shares, with timings.
+not CamVid) with the default model (``DEFAULT_MODEL``) and writes overlays, label maps and class shares, with timings.
 
 The classifier demo: an EfficientNet-Lite0 ImageNet classifier is convolutionalized (its fully connected
 classifier becomes a 1x1 convolution with the same weights) and run on whole photos of any size. Instead of one label it

@@ -15,33 +15,42 @@ from fcnseg.evaluate import evaluate
 from fcnseg.pretrained import DEFAULT_MODEL, HERE, PRETRAINED, available
 
 REPO = Path(__file__).resolve().parents[1]
-NAME = "camvid-fcn8s-lite0"
+NAMES = list(PRETRAINED)
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def name(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def model():
-    return fcnseg.load(NAME)
+def model(name):
+    return fcnseg.load(name)
 
 
-def test_shipped_file_is_small_safetensors_with_a_model_card():
-    assert DEFAULT_MODEL == NAME  # what predict, export, serve and the demo use unless told
-    entry = PRETRAINED[NAME]
+def test_the_default_is_a_shipped_model():
+    assert DEFAULT_MODEL in available()  # what predict, export, serve and the demo use unless told
+
+
+def test_shipped_file_is_small_safetensors_with_a_model_card(name):
+    entry = PRETRAINED[name]
     path = entry.path
-    assert path == HERE / entry.file and entry.available() and NAME in available()
+    assert path == HERE / entry.file and entry.available() and name in available()
     assert path.suffix == ".safetensors" and path.stat().st_size <= 25 * 1024 * 1024
     card = entry.card_path.read_text()
-    assert entry.recipe in card
+    assert entry.recipe in card and entry.recipe.startswith("fcnseg train --config configs/")
+    assert (REPO / entry.recipe.split()[-1]).is_file()  # the recipe's config is in the repository
     # The entry's scores are the card's (rounded to 0.1 point there).
     for key, label in (("pixel_acc", "pixel accuracy"), ("mean_iu", "mean IU"), ("fw_iu", "frequency-weighted IU")):
         assert f"| {label} | {100 * entry.metrics[key]:.1f} |" in card
-    for needed in ("CC BY-NC 4.0", "fcnseg train --config configs/camvid-fcn8s-lite0.yaml", "mean IU",
-                   "fcnseg evaluate --model camvid-fcn8s-lite0"):
+    for needed in ("CC BY-NC 4.0", "mean IU", f"fcnseg evaluate --model {name}"):
         assert needed in card
 
 
-def test_it_carries_classes_palette_and_preprocessing(model):
-    assert {k: v for k, v in model.spec.to_dict().items() if k in PRETRAINED[NAME].spec} == dict(PRETRAINED[NAME].spec)
-    assert model.arch == "fcn8s" and model.backbone == "efficientnet_lite0" and not model.training
+def test_it_carries_classes_palette_and_preprocessing(model, name):
+    spec = PRETRAINED[name].spec
+    assert {k: v for k, v in model.spec.to_dict().items() if k in spec} == dict(spec)
+    assert model.arch == spec["arch"] and model.backbone == "efficientnet_lite0" and not model.training
     assert model.class_names == CAMVID_CLASSES
     assert [tuple(c) for c in model.palette] == CAMVID_PALETTE
     assert model.preprocessing.name == "tf-lite" and model.preprocessing.scale == 255.0
