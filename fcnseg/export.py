@@ -219,11 +219,14 @@ class ExportedFCN:
 
     def _read_metadata(self, meta: str | None, num_outputs) -> None:
         body = json.loads(meta) if meta else {}
-        if "model" not in body and not isinstance(num_outputs, int):
+        if "num_classes" not in body.get("model", {}) and not isinstance(num_outputs, int):
             raise ValueError(f"{self.path}: no fcnseg metadata and no fixed class count in the output shape "
                              "(export it with fcnseg export)")
-        # A file without fcnseg metadata: only the class count is known, from the output's channels.
-        spec = ModelSpec.from_dict(body["model"]) if "model" in body else ModelSpec(None, None, int(num_outputs))
+        # A file without fcnseg's model record (another library's graph, maybe with a class count only): the
+        # class count is the record's or the output's channels.
+        model = body.get("model", {})
+        spec = (ModelSpec.from_dict(model) if "arch" in model
+                else ModelSpec(None, None, int(model.get("num_classes", num_outputs))))
         self.info = body.get("info", {})
         self.quantization = body.get("quantization")
         self.input_multiple = int(body.get("input_multiple", 1))
