@@ -1,6 +1,7 @@
 """Ships a trained run as a named pretrained model: weights + model card in fcnseg/weights/.
 
-    python scripts/ship_model.py runs/camvid-fcn4s-lite0 camvid-fcn4s-lite0 --eval-dir outputs/eval-val [--tta-eval-dir outputs/eval-val-tta]
+    python scripts/ship_model.py runs/camvid-fcn4s-lite0 camvid-fcn4s-lite0 --eval-dir outputs/eval-val \
+        [--tta-eval-dir outputs/eval-val-tta]
 
 Copies RUN/best.safetensors (the checkpoint selected on val) to fcnseg/weights/NAME.safetensors and writes
 NAME.md from the run's config and logs and from the metrics.json of an ``fcnseg evaluate`` of the shipped
