@@ -161,7 +161,7 @@ def test_serve_loads_every_model_with_the_backend_given(tiny_model_file, tmp_pat
 
     monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
     models = load_models([str(tiny_model_file)], "cpu", "onnxruntime")
-    assert list(models) == ["shapes"]
-    model = models["shapes"]
+    assert list(models) == [tiny_model_file.stem]  # a model is named after its file
+    model = models[tiny_model_file.stem]
     assert type(model).__name__ == "OnnxModel" and model.source == str(tiny_model_file)
     assert (model.predict(_photo()) == fcnseg.load(tiny_model_file).predict(_photo())).float().mean() > 0.999
