@@ -466,12 +466,12 @@ def _deployment_ratios(rows: list[dict], size: tuple[int, int], ms) -> dict:
     lr = ms("torchvision lraspp_mobilenet_v3_large (eager)", size)
     peers = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
     for row in [r for r in rows if r["model"] == SHIPPED and "int8" in r["runtime"] and tuple(r["size"]) == size]:
-        q, what = row["median_ms"], row["row"].removeprefix("fcnseg ")
-        same = ms(f"torchvision lraspp_mobilenet_v3_large ({peers[row['runtime'].split('-')[0]]})", size)
+        q, what, peer = row["median_ms"], row["row"].removeprefix("fcnseg "), peers[row["runtime"].split("-")[0]]
+        same = ms(f"torchvision lraspp_mobilenet_v3_large ({peer})", size)
         if lr:
             out[f"lraspp eager / {what}, {s} (speed-up)"] = lr / q
         if same:
-            out[f"lraspp {peers[row['runtime'].split('-')[0]]} / {what}, {s} (speed-up)"] = same / q
+            out[f"lraspp {peer} / {what}, {s} (speed-up)"] = same / q
     vgg = [r for r in rows if r["model"] == "vgg16" and tuple(r["size"]) == size]
     fp32 = [r for r in vgg if r["amp"] == "fp32"]
     int8 = [r for r in vgg if "int8" in r["runtime"]]

@@ -187,9 +187,9 @@ def _predict(net, image: torch.Tensor, device, channels_last: bool, tta: dict | 
     x = image.unsqueeze(0).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    if tta is None and getattr(net, "label_output", False):  # an exported graph's own uint8 argmax
-        return net.predict_labels(x)[0].to(device)
     if tta is None:
+        if getattr(net, "label_output", False):  # an exported graph's own uint8 argmax
+            return net.predict_labels(x)[0].to(device)
         scores = net(x)
         return net.labels(scores)[0] if hasattr(net, "labels") else scores.argmax(1)[0]
     window = tuple(tta["window"]) if tta["window"] else None

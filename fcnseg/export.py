@@ -216,6 +216,7 @@ class ExportedFCN:
     """
 
     training = False  # exported graphs are inference-only
+    label_output = False
 
     def _read_metadata(self, meta: str | None, num_outputs) -> None:
         body = json.loads(meta) if meta else {}
@@ -244,15 +245,17 @@ class ExportedFCN:
             raise RuntimeError(f"{self.path}: an exported model runs inference only")
         return self
 
-    label_output = False
+    def _input(self, x: torch.Tensor) -> np.ndarray:
+        """The checked ``(N, C, H, W)`` batch as the contiguous float32 array the runtimes take."""
+        _check_input(x, self.in_channels)
+        return np.ascontiguousarray(x.detach().cpu().float().numpy())
 
     def predict_labels(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, H, W)`` int64 labels of a ``(N, C, H, W)`` float batch in [0, 1], from the graph's ``labels``
         output where it has one (no scores leave the runtime), else from its scores."""
         if not self.label_output:
             return self.labels(self(x))
-        _check_input(x, self.in_channels)
-        return torch.from_numpy(self._run_labels(np.ascontiguousarray(x.detach().cpu().float().numpy()))).long()
+        return torch.from_numpy(self._run_labels(self._input(x))).long()
 
     def labels(self, scores: torch.Tensor) -> torch.Tensor:
         """``(N, H, W)`` labels from ``(N, C, H, W)`` scores, as ``FCN.labels``."""
@@ -296,16 +299,15 @@ class OnnxModel(ExportedFCN):
             raise ValueError(f"{self.path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
         self._read_metadata(self.session.get_modelmeta().custom_metadata_map.get("fcnseg"),
                             self.session.get_outputs()[0].shape[1])
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_name, self.scores_name = self.session.get_inputs()[0].name, self.session.get_outputs()[0].name
         self.label_output = LABELS in {o.name for o in self.session.get_outputs()[1:]}
 
     def _run_labels(self, array: np.ndarray) -> np.ndarray:
         return self.session.run([LABELS], {self.input_name: array})[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_channels)
-        array = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        # The scores alone: a file with a labels output would otherwise also compute its argmax.
+        return torch.from_numpy(self.session.run([self.scores_name], {self.input_name: self._input(x)})[0])
 
     def __repr__(self) -> str:
         return f"OnnxModel({str(self.path)!r}, {self.arch} {self.backbone}, {self.num_classes} classes)"
@@ -362,9 +364,7 @@ class OpenVinoModel(ExportedFCN):
         return np.array(request.get_tensor(LABELS).data)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_channels)
-        array = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        return torch.from_numpy(np.array(self._request().infer({0: array})[0], dtype=np.float32))
+        return torch.from_numpy(np.array(self._request().infer({0: self._input(x)})[0], dtype=np.float32))
 
     def __repr__(self) -> str:
         return f"OpenVinoModel({str(self.path)!r}, {self.arch} {self.backbone}, {self.num_classes} classes)"

@@ -54,22 +54,22 @@ class PretrainedModel:
         return self.path.is_file()
 
 
+def _camvid_lite0(name: str, arch: str, alignment: str, **val) -> PretrainedModel:
+    """A CamVid (11 classes) FCN on EfficientNet-Lite0 shipped as ``weights/NAME.safetensors`` with the card
+    ``weights/NAME.md``, trained by ``configs/NAME.yaml``; ``val``: its CamVid val scores in [0, 1]."""
+    return PretrainedModel(
+        name, f"{name}.safetensors", f"{name}.md", recipe=f"fcnseg train --config configs/{name}.yaml",
+        metrics=MappingProxyType({"dataset": "camvid:val", **val}),
+        spec=MappingProxyType({"arch": arch, "backbone": "efficientnet_lite0", "num_classes": 11,
+                               "task": "multiclass", "alignment": alignment}))
+
+
 PRETRAINED: Mapping[str, PretrainedModel] = MappingProxyType({m.name: m for m in (
-    PretrainedModel(
-        "camvid-fcn4s-lite0", "camvid-fcn4s-lite0.safetensors", "camvid-fcn4s-lite0.md",
-        recipe="fcnseg train --config configs/camvid-fcn4s-lite0.yaml",
-        metrics=MappingProxyType({"dataset": "camvid:val", "pixel_acc": 0.935, "mean_acc": 0.859, "mean_iu": 0.729,
-                                  "fw_iu": 0.886}),
-        spec=MappingProxyType({"arch": "fcn4s", "backbone": "efficientnet_lite0", "num_classes": 11,
-                               "task": "multiclass", "alignment": "exact"})),
+    _camvid_lite0("camvid-fcn4s-lite0", "fcn4s", "exact", pixel_acc=0.935, mean_acc=0.859, mean_iu=0.729,
+                  fw_iu=0.886),
     # fcnseg 0.1's model, kept for those who name it: run as a legacy model (inputs padded to a multiple of 32).
-    PretrainedModel(
-        "camvid-fcn8s-lite0", "camvid-fcn8s-lite0.safetensors", "camvid-fcn8s-lite0.md",
-        recipe="fcnseg train --config configs/camvid-fcn8s-lite0.yaml",
-        metrics=MappingProxyType({"dataset": "camvid:val", "pixel_acc": 0.925, "mean_acc": 0.844, "mean_iu": 0.712,
-                                  "fw_iu": 0.871}),
-        spec=MappingProxyType({"arch": "fcn8s", "backbone": "efficientnet_lite0", "num_classes": 11,
-                               "task": "multiclass", "alignment": "legacy"})),
+    _camvid_lite0("camvid-fcn8s-lite0", "fcn8s", "legacy", pixel_acc=0.925, mean_acc=0.844, mean_iu=0.712,
+                  fw_iu=0.871),
 )})
 
 

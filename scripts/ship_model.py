@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from fcnseg.runtime.cpu import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -40,8 +42,7 @@ def main() -> None:
     train_rate = sum(float(r["images_per_s"]) for r in rows[-50:]) / min(50, len(rows))
     best = max(val_rows, key=lambda r: float(r["mean_iu"]))
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    cpu = cpu_name()
     dest = REPO / "fcnseg" / "weights"
     dest.mkdir(exist_ok=True)
     shutil.copyfile(args.run / "best.safetensors", dest / f"{args.name}.safetensors")

@@ -128,12 +128,12 @@ def _tiled(model, x: torch.Tensor, tile: int | tuple[int, int] | None, overlap: 
     c = model.num_classes
     _, h, w = x.shape
     th, tw = window(h, w, tile)
-    overlap = max(0, min(overlap, th - 1, tw - 1))
-    ys, xs = _starts(h, th, overlap), _starts(w, tw, overlap)
-    weight = torch.outer(_ramp(th, overlap if len(ys) > 1 else 0), _ramp(tw, overlap if len(xs) > 1 else 0))
     if (getattr(model, "label_output", False) and (th, tw) == (h, w) and not (flip or return_probs)
             and list(scales or [1.0]) == [1.0]):  # an exported graph's uint8 argmax: no scores to move
         return model.predict_labels(to_float(x)[None])[0].numpy().astype(label_dtype(c)), None
+    overlap = max(0, min(overlap, th - 1, tw - 1))
+    ys, xs = _starts(h, th, overlap), _starts(w, tw, overlap)
+    weight = torch.outer(_ramp(th, overlap if len(ys) > 1 else 0), _ramp(tw, overlap if len(xs) > 1 else 0))
     multilabel = _task(model)[0] == "multilabel"
     labels = np.empty((c, h, w) if multilabel else (h, w), label_dtype(c))
     probs = np.empty((c, h, w), np.float16) if return_probs else None

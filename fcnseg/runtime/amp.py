@@ -33,7 +33,7 @@ class AmpChoice:
         return DTYPE_NAMES[self.dtype]
 
     def describe(self) -> str:
-        """One line for logs, e.g. "bf16 (one step 612 ms against 804 ms in fp32)"."""
+        """One line for logs, e.g. "bf16 (median step: fp32 804 ms, bf16 612 ms)"."""
         if not self.ms:
             return f"{self.name} ({self.reason})"
         times = ", ".join(f"{k} {v:.0f} ms" for k, v in self.ms.items())
