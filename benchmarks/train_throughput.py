@@ -21,7 +21,7 @@ import torch
 
 from fcnseg.data import build_dataset, eval_transforms
 from fcnseg.evaluate import evaluate
-from fcnseg.runtime.cpu import cpu_flags, cpu_has_fast_bf16, cpu_name
+from fcnseg.runtime.cpu import cpu_has_fast_bf16, cpu_name, key_flags
 from fcnseg.train import load_config, train
 
 
@@ -50,7 +50,7 @@ def main() -> None:
         runs = {k: v for k, v in runs.items() if v["amp"] != "bf16"}
     if args.only:
         runs = {k: v for k, v in runs.items() if any(w.lower() in k.lower() for w in args.only)}
-    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"})
+    flags = [f for f, present in key_flags().items() if present]
     print(f"CPU: {cpu_name()}; flags: {', '.join(flags) or 'none of avx2/avx512/amx'}; {args.threads} threads; "
           f"{args.arch} {args.backbone}")
     print(f"{'recipe':58s} {'train img/s':>11s}")

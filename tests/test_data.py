@@ -7,7 +7,7 @@ from helpers import make_shapes
 from PIL import Image
 
 from fcnseg.data import DatasetError, build_dataset, pad_collate, train_transforms
-from fcnseg.data.datasets import camvid, folder, voc
+from fcnseg.data.datasets import camvid, folder, join_splits, voc
 from fcnseg.data.palettes import colorize, voc_palette
 from fcnseg.data.transforms import seeded
 from fcnseg.train.data import epoch_batches
@@ -109,6 +109,35 @@ def test_camvid_segnet_absolute_paths_and_void(tmp_path):
     assert ds.check() == []
     labels = ds.read_mask(0)
     assert set(np.unique(labels)) == {3, 255}
+
+
+def _camvid_split(root, split, value):
+    (root / split).mkdir(parents=True)
+    (root / f"{split}annot").mkdir()
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(root / split / f"{split}.png")
+    Image.fromarray(np.full((6, 8), value, np.uint8)).save(root / f"{split}annot" / f"{split}.png")
+
+
+def test_joined_splits_read_each_split_in_order(tmp_path):
+    for split, value in (("train", 3), ("val", 11)):
+        _camvid_split(tmp_path, split, value)
+    ds = build_dataset("camvid", tmp_path, "train+val")
+    assert [s.name for s in ds.samples] == ["train", "val"] and ds.name == "camvid:train+camvid:val"
+    assert ds.check() == []
+    assert set(np.unique(ds.read_mask(0))) == {3} and set(np.unique(ds.read_mask(1))) == {255}  # remap kept
+    with pytest.raises(DatasetError, match="no test.txt and no test/ folder"):
+        build_dataset("camvid", tmp_path, "train+test")
+
+
+def test_joined_splits_must_share_their_classes(tmp_path):
+    import yaml
+
+    a, b = make_shapes(tmp_path / "a", n=2), make_shapes(tmp_path / "b", n=2)
+    desc = yaml.safe_load((b / "dataset.yaml").read_text())
+    (b / "dataset.yaml").write_text(yaml.safe_dump({**desc, "classes": ["background", "square", "round"]}))
+    assert len(join_splits([folder(a), folder(a)])) == 4
+    with pytest.raises(DatasetError, match="differ in class names"):
+        join_splits([folder(a), folder(b)])
 
 
 def test_camvid_real_files(shared_data):

@@ -23,8 +23,11 @@ def test_cpu_name_and_flags_come_from_the_first_cpu_in_cpuinfo(tmp_path, monkeyp
     monkeypatch.setattr(cpu, "CPUINFO", info)
     assert cpu.cpu_name() == "Intel(R) Xeon(R) Platinum 8480+"
     assert cpu.cpu_flags() == frozenset({"fpu", "sse2", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    assert cpu.key_flags() == {"avx2": True, "avx512f": True, "avx512_vnni": False, "avx512_bf16": True,
+                               "amx_bf16": True, "amx_int8": False, "amx_tile": True}
     monkeypatch.setattr(cpu, "CPUINFO", tmp_path / "missing")  # not Linux: no file
     assert cpu.cpu_flags() == frozenset() and cpu.cpu_name()  # the platform's name instead
+    assert not any(cpu.key_flags().values())
 
 
 def test_this_machines_cpu_is_described():

@@ -12,7 +12,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -644,11 +644,35 @@ DATASETS: dict[str, Callable[..., SegmentationDataset]] = {"voc": voc, "sbd": sb
 
 def build_dataset(name: str, root, split: str | None, transforms=None, **kwargs) -> SegmentationDataset:
     """A dataset by name ("voc", "sbd", "camvid", "cityscapes", "ade20k" or "folder"); ``kwargs`` go to its
-    builder."""
+    builder. Splits joined by "+" ("train+val", as the CamVid papers train their final models) give one
+    dataset of their samples in that order.
+
+    Raises:
+        ValueError: an unknown dataset name.
+        DatasetError: a missing folder or split, or joined splits whose classes or mask mapping differ.
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     if not Path(root).is_dir():
         raise DatasetError(f"{root}: dataset folder does not exist")
+    if split is not None and "+" in split:
+        return join_splits([build_dataset(name, root, s, transforms, **kwargs) for s in split.split("+")])
     args = {"transforms": transforms, **kwargs}
     return DATASETS[name](root, split, **args) if split is not None else DATASETS[name](root, **args)
+
+
+def join_splits(parts: Sequence[SegmentationDataset]) -> SegmentationDataset:
+    """One dataset of the samples of ``parts`` (same classes and mask mapping), named "a+b".
+
+    Raises:
+        DatasetError: the parts differ in classes, palette or the mapping of mask values (named).
+    """
+    first = parts[0]
+    for other in parts[1:]:
+        for what in ("class_names", "palette", "mask_format", "remap", "void_colours", "channels"):
+            if getattr(other, what) != getattr(first, what):
+                raise DatasetError(f"{first.name} and {other.name} differ in {what.replace('_', ' ')}; "
+                                   "joined splits must read their masks the same way")
+    return replace(first, samples=[s for p in parts for s in p.samples], name="+".join(p.name for p in parts),
+                   notes=[n for p in parts for n in p.notes], stats=None)
 

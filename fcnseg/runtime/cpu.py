@@ -37,6 +37,16 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+# The flags that decide which kernels run fast (recorded with every benchmark result).
+KEY_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def key_flags() -> dict[str, bool]:
+    """Whether this CPU has each of ``KEY_FLAGS``, in that order (all False where ``cpu_flags`` is empty)."""
+    flags = cpu_flags()
+    return {f: f in flags for f in KEY_FLAGS}
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it autocast is far slower.
 
