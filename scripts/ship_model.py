@@ -45,16 +45,29 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = yaml.safe_load((args.run / "config.yaml").read_text())
+    scored = args.selection or args.name
+    metrics = json.loads((args.eval_dir / "metrics.json").read_text())
+    _check(args, cfg, metrics, scored)
     dest = REPO / "fcnseg" / "weights"
     dest.mkdir(exist_ok=True)
     shutil.copyfile(args.run / "best.safetensors", dest / f"{args.name}.safetensors")
     size_mb = (dest / f"{args.name}.safetensors").stat().st_size / 1e6
-    scored = args.selection or args.name
-    metrics = json.loads((args.eval_dir / "metrics.json").read_text())
     card = "\n".join((_header(args, cfg), _recipe(args, cfg), _training(args, cfg), _scores(scored, metrics, args),
                       f"File size {size_mb:.1f} MB.\n", _tta_section(scored, args)))
     (dest / f"{args.name}.md").write_text(card)
     print(card)
+
+
+def _check(args, cfg: dict, metrics: dict, scored: str) -> None:
+    """Refuses evaluations of another model or split, and a final run shipped as a selection run (or back)."""
+    for what, dirname in (("--eval-dir", args.eval_dir), ("--tta-eval-dir", args.tta_eval_dir)):
+        m = metrics if dirname == args.eval_dir else dirname and json.loads((dirname / "metrics.json").read_text())
+        if m and (m.get("model"), m.get("split")) != (scored, "val"):
+            raise SystemExit(f"{dirname / 'metrics.json'}: evaluates {m.get('model')} on {m.get('split')}; "
+                             f"{what} must be an evaluation of {scored} on val")
+    if bool(args.selection) != (cfg.get("val_split") is None):
+        raise SystemExit(f"{args.run}: val_split is {cfg.get('val_split')!r}; a run without validation (a final "
+                         "train+val run) needs --selection NAME, and only such a run takes it")
 
 
 def _pct(v) -> str:
@@ -123,7 +136,8 @@ def _scores(scored: str, metrics: dict, args) -> str:
     if args.selection:
         title = f"Validation scores of the selection run `{args.selection}` (CamVid val, held out)"
         note = ("\nThis model trained on val, so its own val scores are no held-out figures; these are the scores "
-                "of\nthe same recipe trained on train alone. The test split measures this model.\n")
+                "of\nthe same recipe trained on train alone. The test split measures this model:\n\n"
+                f"    fcnseg evaluate --model {args.name} --dataset camvid --root {CAMVID_ROOT} --split test\n")
     return f"""## {title}
 {note}
     fcnseg evaluate --model {scored} --dataset camvid --root {CAMVID_ROOT} --split val

@@ -122,11 +122,13 @@ def test_joined_splits_read_each_split_in_order(tmp_path):
     for split, value in (("train", 3), ("val", 11)):
         _camvid_split(tmp_path, split, value)
     ds = build_dataset("camvid", tmp_path, "train+val")
-    assert [s.name for s in ds.samples] == ["train", "val"] and ds.name == "camvid:train+camvid:val"
+    assert [s.name for s in ds.samples] == ["train", "val"] and ds.name == "camvid:train+val"
     assert ds.check() == []
     assert set(np.unique(ds.read_mask(0))) == {3} and set(np.unique(ds.read_mask(1))) == {255}  # remap kept
     with pytest.raises(DatasetError, match="no test.txt and no test/ folder"):
         build_dataset("camvid", tmp_path, "train+test")
+    with pytest.raises(DatasetError, match=r"'train\+' has an empty part"):
+        build_dataset("camvid", tmp_path, "train+")
 
 
 def test_joined_splits_must_share_their_classes(tmp_path):

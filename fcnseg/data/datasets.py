@@ -656,13 +656,19 @@ def build_dataset(name: str, root, split: str | None, transforms=None, **kwargs)
     if not Path(root).is_dir():
         raise DatasetError(f"{root}: dataset folder does not exist")
     if split is not None and "+" in split:
-        return join_splits([build_dataset(name, root, s, transforms, **kwargs) for s in split.split("+")])
+        splits = split.split("+")
+        if not all(splits):
+            raise DatasetError(f"{root}: split {split!r} has an empty part (joined splits look like 'train+val')")
+        first = build_dataset(name, root, splits[0], transforms, **kwargs)
+        # The other splits read their masks as the first does (a folder's inferred mapping is made explicit).
+        rest = [build_dataset(name, root, s, transforms, **{**kwargs, **first.options}) for s in splits[1:]]
+        return join_splits([first, *rest])
     args = {"transforms": transforms, **kwargs}
     return DATASETS[name](root, split, **args) if split is not None else DATASETS[name](root, **args)
 
 
 def join_splits(parts: Sequence[SegmentationDataset]) -> SegmentationDataset:
-    """One dataset of the samples of ``parts`` (same classes and mask mapping), named "a+b".
+    """One dataset of the samples of ``parts`` (same classes and mask mapping), named as "camvid:train+val".
 
     Raises:
         DatasetError: the parts differ in classes, palette or the mapping of mask values (named).
@@ -673,6 +679,8 @@ def join_splits(parts: Sequence[SegmentationDataset]) -> SegmentationDataset:
             if getattr(other, what) != getattr(first, what):
                 raise DatasetError(f"{first.name} and {other.name} differ in {what.replace('_', ' ')}; "
                                    "joined splits must read their masks the same way")
-    return replace(first, samples=[s for p in parts for s in p.samples], name="+".join(p.name for p in parts),
+    kind = first.name.split(":")[0]
+    name = f"{kind}:" + "+".join(p.name.removeprefix(f"{kind}:") for p in parts)  # "camvid:train+val"
+    return replace(first, samples=[s for p in parts for s in p.samples], name=name,
                    notes=[n for p in parts for n in p.notes], stats=None)
 
