@@ -5,11 +5,13 @@ ONNX Runtime, OpenVINO; fp32, int8 and, where the CPU has native bf16, bf16) aga
     python benchmarks/inference.py --only lite0 lraspp --quick   # a subset, fewer repeats, 360x480 only
     python benchmarks/inference.py --device cuda        # a GPU: fp32 and fp16 autocast rows
 
-The deployment rows: ``DEFAULT_MODEL`` is the shipped model (trained weights, 11 classes); its int8 files are
-written by ``fcnseg export --quantize int8`` calibrated on CamVid train (``--camvid``, default ../shared/data/camvid),
-and the CamVid val mean IU of every backend is measured by ``fcnseg evaluate`` on the 101 val images (skip with
-``--no-accuracy``). FCN-8s-VGG16 (random weights, 21 classes) is quantized by ``fcnseg.quantize`` calibrated on
-CamVid train photos; its row records the share of pixels whose int8 label equals fp32's on those photos.
+The deployment rows: the shipped model (trained weights, 11 classes): ``DEFAULT_MODEL``, or where that one trained on
+train+val, its selection run (same architecture and size, so the same speed; its val scores are held out). Its
+int8 files are written by ``fcnseg export --quantize int8`` calibrated on CamVid train (``--camvid``, default
+../shared/data/camvid), and the CamVid val mean IU of every backend is measured by ``fcnseg evaluate`` on the
+101 val images (skip with ``--no-accuracy``). FCN-8s-VGG16 (random weights, 21 classes) is quantized by
+``fcnseg.quantize`` calibrated on CamVid train photos; its row records the share of pixels whose int8 label
+equals fp32's on those photos.
 lraspp_mobilenet_v3_large is also exported to ONNX Runtime and OpenVINO (fp32), so each backend has its peer.
 Each row also gives the model's size on disk (the exported file, or the fp32 weights for PyTorch rows), and the
 results record the CPU's model and flags (avx2, avx512f, avx512_vnni, avx512_bf16, amx).
@@ -48,10 +50,12 @@ import time
 import types
 from pathlib import Path
 
-from fcnseg.pretrained import DEFAULT_MODEL
+from fcnseg.pretrained import DEFAULT_MODEL, PRETRAINED
 
 NUM_CLASSES = 21
-SHIPPED = DEFAULT_MODEL  # the model fcnseg predict uses
+# The model fcnseg predict uses; for a final model trained on train+val, its twin trained on train alone, so
+# that the val column measures held-out accuracy.
+SHIPPED = PRETRAINED[DEFAULT_MODEL].selection or DEFAULT_MODEL
 ROWS = {
     # name: (library, model, runtime)
     "fcnseg FCN-8s VGG16 (eager)": ("fcnseg", "vgg16", "eager"),
@@ -88,7 +92,6 @@ ROWS = {
 EXPORTED = {"onnxruntime": "fp32.onnx", "openvino": "fp32.onnx", "onnxruntime-int8": "int8.onnx",
             "openvino-int8": "int8.xml", "openvino-ortint8": "int8.onnx", "onnxruntime-int8-labels": "int8-labels.onnx",
             "openvino-int8-labels": "int8-labels.xml"}
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
 
 
 def _torchfcn():
@@ -577,7 +580,7 @@ def main() -> int:
 def _parent(args: argparse.Namespace) -> int:
     import torch
 
-    from fcnseg.runtime.cpu import cpu_flags, cpu_name
+    from fcnseg.runtime.cpu import cpu_name, key_flags
 
     device_name = (torch.cuda.get_device_name() if args.device == "cuda"
                    else f"{platform.processor() or platform.machine()} ({cpu_name()})")
@@ -589,7 +592,7 @@ def _parent(args: argparse.Namespace) -> int:
         rows = _run_rows(args, names, peak, Path(tmp), records)
     result = {"device": args.device, "device_name": device_name, "threads": args.threads, "repeat": args.repeat,
               "warmup": args.warmup, "gemm_peak_gflops": peak, "torch": torch.__version__, "rows": rows,
-              "cpu_flags": {f: f in cpu_flags() for f in CPU_FLAGS}, "skipped": skipped,
+              "cpu_flags": key_flags(), "skipped": skipped,
               "quantization": {f"{model} {file}": q for (model, file), q in records.items()},
               "command": " ".join([Path(sys.executable).name, *sys.argv])}
     if args.device == "cpu" and any(ROWS[n][0] == "torchfcn" for n in names):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from fcnseg.pretrained import DEFAULT_MODEL
+from fcnseg.pretrained import DEFAULT_MODEL, PRETRAINED
 from fcnseg.runtime.cpu import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +84,10 @@ def _header(args, cfg) -> str:
         use = ("- CamVid, SegNet's 11-class version: `train` (367 images) for training, `val` (101) for selecting "
                "the\n  checkpoint, both 480x360.")
     default = "; `fcnseg predict` uses it by default" if args.name == DEFAULT_MODEL else ""
+    finals = [m.name for m in PRETRAINED.values() if m.selection == args.name]
+    if finals:  # a selection run: say which shipped model it selected, and that its val scores are held out
+        default += (f". It is the selection run of `{finals[0]}` (this recipe trained again on\ntrain+val): "
+                    "its val scores below are held out")
     return f"""# {args.name}
 
 FCN-{stride}s ({cfg['arch']}) on {cfg['backbone']} for CamVid's 11 classes, trained by fcnseg on a 2-core CPU.

@@ -97,7 +97,8 @@ def test_model_files_round_trip_and_bad_files_are_named(tmp_path, model_file):
     x = torch.rand(1, 3, 40, 56)
     again = load_model(model_file)
     assert torch.equal(model(x), again(x))
-    with pytest.raises(FileNotFoundError, match="known: camvid-fcn4s-lite0, camvid-fcn8s-lite0"):
+    known = "known: camvid-fcn4s-lite0-trainval, camvid-fcn4s-lite0, camvid-fcn8s-lite0"
+    with pytest.raises(FileNotFoundError, match=known):
         fcnseg.load("no-such-model")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(model_file.read_bytes()[:1000])
