@@ -50,12 +50,10 @@ import time
 import types
 from pathlib import Path
 
-from fcnseg.pretrained import DEFAULT_MODEL, PRETRAINED
+from fcnseg.pretrained import held_out
 
 NUM_CLASSES = 21
-# The model fcnseg predict uses; for a final model trained on train+val, its twin trained on train alone, so
-# that the val column measures held-out accuracy.
-SHIPPED = PRETRAINED[DEFAULT_MODEL].selection or DEFAULT_MODEL
+SHIPPED = held_out()  # the default model, or its selection run where it trained on val: the val column is held out
 ROWS = {
     # name: (library, model, runtime)
     "fcnseg FCN-8s VGG16 (eager)": ("fcnseg", "vgg16", "eager"),

@@ -27,7 +27,7 @@ from PIL import Image
 
 import fcnseg
 from fcnseg.metrics import ConfusionMatrix, scores
-from fcnseg.pretrained import DEFAULT_MODEL, PRETRAINED
+from fcnseg.pretrained import held_out
 from fcnseg.video import flicker, predict_video, segment_video
 
 
@@ -85,8 +85,7 @@ def cpu_name() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"))
-    # Scored on CamVid val: a final model trained on val is replaced by its selection run (held out).
-    ap.add_argument("--model", default=PRETRAINED[DEFAULT_MODEL].selection or DEFAULT_MODEL)
+    ap.add_argument("--model", default=held_out(), help="scored on CamVid val, so the default is held out there")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--frames", type=int, default=40, help="frames timed at each size")
     ap.add_argument("--alphas", type=float, nargs="*", default=[0.0, 0.3, 0.5, 0.7, 0.85],

@@ -82,6 +82,16 @@ PRETRAINED: Mapping[str, PretrainedModel] = MappingProxyType({m.name: m for m in
 )})
 
 
+def held_out(name: str = DEFAULT_MODEL) -> str:
+    """The shipped model whose CamVid val scores are held-out figures for ``name``: for a final model trained on
+    train+val, its selection run (same network, trained on train alone); otherwise ``name`` itself.
+
+    Raises:
+        KeyError: ``name`` is not a shipped model.
+    """
+    return PRETRAINED[name].selection or name
+
+
 def available() -> list[str]:
     """Names of the pretrained models whose weights this installation holds."""
     return [name for name, m in PRETRAINED.items() if m.available()]

@@ -12,7 +12,7 @@ import pytest
 import fcnseg
 from fcnseg.data import CAMVID_CLASSES, CAMVID_PALETTE, build_dataset, eval_transforms
 from fcnseg.evaluate import evaluate
-from fcnseg.pretrained import DEFAULT_MODEL, HERE, PRETRAINED, available
+from fcnseg.pretrained import DEFAULT_MODEL, HERE, PRETRAINED, available, held_out
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = list(PRETRAINED)
@@ -30,6 +30,10 @@ def model(name):
 
 def test_the_default_is_a_shipped_model():
     assert DEFAULT_MODEL in available()  # what predict, export, serve and the demo use unless told
+    # What the benchmarks score on val: the same network, not trained on val.
+    twin = PRETRAINED[held_out()]
+    assert twin.available() and not twin.selection and twin.spec == PRETRAINED[DEFAULT_MODEL].spec
+    assert all(held_out(n) == n for n in NAMES if not PRETRAINED[n].selection)
 
 
 def test_shipped_file_is_small_safetensors_with_a_model_card(name):
