@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -20,6 +21,12 @@ import fcnseg
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
+
+
+def heavy_unless(keep: bool, *values, id: str | None = None):
+    """``pytest.param(*values)``, marked slow unless ``keep``: the extra cases of a heavy trunk (VGG16's
+    134M parameters take seconds per call), which ``make test-slow`` runs and ``make test`` leaves out."""
+    return pytest.param(*values, id=id, marks=() if keep else pytest.mark.slow)
 
 
 @cache

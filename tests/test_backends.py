@@ -11,6 +11,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["isolated_backends.py", "isolated_quantize.py"])
 def test_backend_checks_pass_in_a_process_of_their_own(name):
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / name)],

@@ -69,6 +69,7 @@ class _Checkpoints:
         return self.step
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_path, shapes):
     """Three SIGKILLs at seeded random points, one of them inside a checkpoint write; after each, every file is
     readable; each restart resumes; the finished weights equal an uninterrupted run's bit for bit."""

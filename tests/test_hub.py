@@ -129,6 +129,7 @@ def _offline_cli(args: list[str], hf_home: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_hf_spec_loads_from_a_prepopulated_cache_offline(tiny, folder, tmp_path):
     hf_home = tmp_path / "hf"
     main_commit, old_commit = "a" * 40, "b" * 40

@@ -336,6 +336,7 @@ def test_torchfcn_weights_give_the_same_scores(tmp_path):
     assert torch.allclose(a, b, atol=1e-4 * b.abs().max().item()) and b.abs().max() > 1
 
 
+@pytest.mark.slow
 def test_large_image_stays_under_2_gb(tmp_path):
     """A 4000x3000 photo through `fcnseg predict` (tiled), peak RSS measured by the kernel from outside."""
     photo = Image.open(REPO / "fcnseg" / "demo_images" / "leuvenA.jpg").resize((4000, 3000))

@@ -75,6 +75,7 @@ def test_a_missing_extra_is_one_line_and_exit_2(blocked, args, message):
     assert r.stderr.strip() == f"fcnseg: error: {message}", r.stderr
 
 
+@pytest.mark.slow
 def test_export_and_videos_name_their_extras(tmp_path, tiny_model_file):
     r = cli_without(("onnx",), "export", "--model", str(tiny_model_file), "--out", str(tmp_path / "m.onnx"))
     assert r.returncode == 2 and r.stderr.strip() == (
@@ -87,6 +88,7 @@ def test_export_and_videos_name_their_extras(tmp_path, tiny_model_file):
         "fcnseg: error: reading and writing videos needs av: pip install 'fcnseg[video]'"), r.stderr
 
 
+@pytest.mark.slow
 def test_the_core_imports_and_runs_without_any_extra(tmp_path):
     code = """
 import importlib, json

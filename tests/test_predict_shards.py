@@ -103,6 +103,7 @@ def test_shard_arguments():
     assert main(["predict", "--model", "camvid-fcn8s-lite0"]) == 2
 
 
+@pytest.mark.slow
 def test_torchrun_processes_split_the_work_and_rank0_merges(setup, tmp_path):
     import os
     import subprocess

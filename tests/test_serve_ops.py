@@ -36,6 +36,7 @@ def _post(url: str, body: bytes, name: str = "x.jpg"):
     return post_upload(url, name, body, "image/jpeg", timeout=300)
 
 
+@pytest.mark.slow
 def test_metrics_under_load_then_graceful_shutdown(tiny_model_file, tmp_path):
     log = tmp_path / "server.log"
     proc, url = _start(tiny_model_file, log)

@@ -165,6 +165,7 @@ def _args(cfg: dict) -> list[str]:
             for k, v in cfg.items()]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, shapes):
     cfg = tiny(shapes, tmp_path / "run", epochs=1, val_split=None)
     assert _cli("train", *_args(cfg)).returncode == 0

@@ -140,6 +140,7 @@ def test_evaluate_records_tta_and_windows_and_plain_equals_one_scale(shapes, mod
     assert sum(map(sum, tta["confusion"])) == sum(map(sum, plain["confusion"]))
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_cli_take_scales_flip_and_window(tmp_path, shapes, model_file):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "eval"

@@ -170,6 +170,7 @@ print(json.dumps({{"second_quarter_kb": float(np.median(q[1])), "last_quarter_kb
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads glibc's mallinfo2")
+@pytest.mark.slow
 def test_memory_flat_over_length(tmp_path, tiny_model_file):
     """Memory in use (glibc's mallinfo2: heap and mmap blocks handed out, numpy's, torch's and FFmpeg's alike)
     sampled every 5 ms while a child segments 240 frames at 240x320: its median over the last quarter of the
