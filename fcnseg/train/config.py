@@ -31,6 +31,10 @@ class TrainConfig:
     or None), ``flip``, ``color_jitter``.
     Optimisation: ``epochs``, ``max_steps`` (the run takes ``min(epochs x steps per epoch, max_steps)`` steps and
     the poly schedule decays over exactly those: an iteration schedule is a large ``epochs`` and ``max_steps``),
+    ``time_budget_min`` (minutes of wall time from the start of training to the end of the last validation,
+    model building and data reading included: the run times its first 10 steps and takes the steps that fit,
+    within ``epochs`` and ``max_steps``, planning again after each validation; ``config.yaml`` records the
+    plan as ``max_steps`` so that the run repeats from it; see ``fcnseg.train.loop.plan_budget``),
     ``batch_size``, ``optimizer`` ("sgd", "adamw"),
     ``lr`` (None: the heavy mode's per-architecture value), ``momentum``, ``weight_decay``, ``head_lr_mult``
     (score and upsampling layers), ``bias_lr_mult``, ``bias_decay``, ``schedule`` ("poly", "constant"),
@@ -67,6 +71,7 @@ class TrainConfig:
     color_jitter: float = 0.0
     epochs: int = 50
     max_steps: int | None = None
+    time_budget_min: float | None = None
     batch_size: int = 8
     optimizer: str = "adamw"
     lr: float | None = 1e-3
@@ -231,6 +236,9 @@ def _validate(cfg: TrainConfig) -> None:
         (0 < cfg.loss_sample <= 1, f"loss_sample must be in (0, 1], got {cfg.loss_sample}"),
         (cfg.amp in ("off", "auto", "bf16", "fp16"), f"amp must be off, auto, bf16 or fp16, got {cfg.amp!r}"),
         (cfg.batch_size >= 1 and cfg.epochs >= 1, "batch_size and epochs must be >= 1"),
+        (cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps must be >= 1 or null, got {cfg.max_steps}"),
+        (cfg.time_budget_min is None or cfg.time_budget_min > 0,
+         f"time_budget_min must be > 0 (minutes) or null, got {cfg.time_budget_min}"),
         (cfg.crop is None or len(cfg.crop) == 2, f"crop must be [H, W] or null, got {cfg.crop}"),
         (cfg.resize is None or len(cfg.resize) == 2, f"resize must be [H, W] or null, got {cfg.resize}"),
         (cfg.boundary_width >= 0, f"boundary_width must be >= 0, got {cfg.boundary_width}"),

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..io.atomic import atomic_write
+from .budget import PROBE_STEPS
 from .config import TrainConfig
 
 
@@ -19,9 +20,13 @@ def startup_line(cfg: TrainConfig, train_ds, val_ds, steps_per_epoch: int, total
     val = f", {len(val_ds)} val images ({cfg.val_split})" if val_ds is not None else ", no validation"
     cap = f", capped by max_steps {cfg.max_steps}" if cfg.max_steps and cfg.max_steps < \
         cfg.epochs * steps_per_epoch else ""
+    steps = f"{total_steps} steps in all ({cfg.epochs} epochs{cap})"
+    if cfg.time_budget_min:
+        steps = (f"at most {total_steps} steps ({cfg.epochs} epochs{cap}), as many as fit in "
+                 f"{cfg.time_budget_min:g} min (planned after step {PROBE_STEPS})")
     return (f"training {cfg.arch} {cfg.backbone} on {len(train_ds)} images ({cfg.train_split}){val}; "
             f"{train_ds.num_classes} classes; batch {cfg.batch_size}, {steps_per_epoch} steps per epoch, "
-            f"{total_steps} steps in all ({cfg.epochs} epochs{cap}); writing to {cfg.out}")
+            f"{steps}; writing to {cfg.out}")
 
 
 def eta(seconds_done: float, steps_done: int, steps_left: int) -> str:
@@ -51,12 +56,9 @@ class TrainLogger:
     when there is no terminal for the progress bar."""
 
     def __init__(self, out: Path, cfg: TrainConfig, step: int) -> None:
-        import yaml
-
         out.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(asdict(cfg), sort_keys=False)
-        atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(text))
         self.out, self.cfg, self.t0 = out, cfg, time.perf_counter()
+        self.write_config(cfg)
         # On resume, rows written after the checkpoint are dropped: the run replays those steps.
         self.train_csv = self._open("train_log.csv", ["step", "epoch", "loss", "lr", "images_per_s", "seconds"], step)
         self.val_csv = self._open("val_log.csv", ["step", "epoch", "pixel_acc", "mean_acc", "mean_iu", "fw_iu",
@@ -70,6 +72,17 @@ class TrainLogger:
             except ImportError:
                 warnings.warn("tensorboard is not installed: CSV logs only", stacklevel=2)
         self.tty = sys.stderr.isatty()
+
+    def write_config(self, cfg: TrainConfig) -> None:
+        """Writes ``OUT/config.yaml`` (atomically): the config that repeats the run.
+
+        Raises:
+            WriteError: the file could not be written.
+        """
+        import yaml
+
+        text = yaml.safe_dump(asdict(cfg), sort_keys=False)
+        atomic_write(self.out / "config.yaml", lambda tmp: Path(tmp).write_text(text))
 
     def _open(self, name: str, header: list[str], step: int):
         path = self.out / name

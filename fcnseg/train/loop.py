@@ -8,7 +8,7 @@ import copy
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,19 +25,41 @@ from ..preprocessing import Preprocessing
 from ..runtime.amp import DTYPE_NAMES, dtype_from_name, faster_autocast
 from ..runtime.device import resolve_amp
 from ..runtime.distributed import finish_distributed, setup_distributed
+from .budget import PROBE_STEPS, steps_within, validation_estimate
 from .callbacks import Callback
 from .config import TrainConfig
 from .data import Augmented, build_data, class_weights, epoch_batches
 from .logs import TrainLogger, brief_scores, eta, progress_bar, startup_line
-from .model import build, check_batchnorm, lr_lambda, make_optimizer, param_groups, train_mode
+from .model import LRFactor, build, check_batchnorm, make_optimizer, param_groups, train_mode
 from .state import TrainState
+
+
+@dataclass
+class Clock:
+    """Where a run with a time budget spent its time in this process (``time.perf_counter`` seconds): ``start``
+    when ``train`` was called, ``loop_start`` when the timed steps began (after step ``loop_step``; ``warm``:
+    this process's first step, which is not timed, is done), the last validation's seconds (``val_s``; None:
+    none yet) and all of them (``val_total``); ``cap``: the steps the config allows; ``steps_per_epoch``;
+    ``planned``: the steps were planned (``plan_budget``). A run resumed after its plan has no clock: its
+    checkpoint's schedule keeps the plan."""
+
+    start: float
+    cap: int
+    steps_per_epoch: int
+    loop_start: float = 0.0
+    loop_step: int = 0
+    val_s: float | None = None
+    val_total: float = 0.0
+    warm: bool = False
+    planned: bool = False
 
 
 @dataclass
 class Run:
     """The parts of one run, built once by ``setup``; ``train_one_epoch``, ``evaluate`` and ``save_checkpoint``
     work with them. ``net`` is the model or, under ``torchrun``, its DDP wrapper; ``logger`` exists on rank 0
-    only; ``saved_step`` is the step of the last checkpoint written (None: none yet)."""
+    only; ``saved_step`` is the step of the last checkpoint written (None: none yet); ``clock`` exists where
+    the config sets ``time_budget_min``."""
 
     cfg: TrainConfig
     rank: int
@@ -59,6 +81,7 @@ class Run:
     logger: TrainLogger | None = None
     saved_step: int | None = None
     amp_chosen: bool = False
+    clock: Clock | None = None
 
     @property
     def main(self) -> bool:
@@ -78,6 +101,7 @@ class Run:
 def setup(cfg: TrainConfig, callbacks: tuple[Callback, ...] = ()) -> Run:
     """Joins the process group (under torchrun), seeds, reads the data and builds the model, loss, optimiser
     and schedule; rank 0 prints the data summaries and the start-up line. Raises as ``train`` does."""
+    started = time.perf_counter()
     rank, world, device = setup_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -102,11 +126,12 @@ def setup(cfg: TrainConfig, callbacks: tuple[Callback, ...] = ()) -> Run:
         total_steps = min(total_steps, cfg.max_steps)
     if rank == 0:
         print(startup_line(cfg, train_ds, val_ds, steps_per_epoch, total_steps), flush=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LRFactor(cfg, total_steps))
     # A private generator for the loaders: creating one must not draw from the global RNG (the loss
     # sampling's), or a run resumed mid-epoch would draw differently from an uninterrupted one.
     return Run(cfg, rank, world, device, train_ds, val_ds, Augmented(train_ds, aug), model, loss_fn, amp_dtype,
-               scaler, optimizer, scheduler, total_steps, torch.Generator().manual_seed(cfg.seed), callbacks)
+               scaler, optimizer, scheduler, total_steps, torch.Generator().manual_seed(cfg.seed), callbacks,
+               clock=Clock(started, total_steps, steps_per_epoch) if cfg.time_budget_min else None)
 
 
 def resume_from(run: Run, state: TrainState, resume: str) -> None:
@@ -136,6 +161,10 @@ def resume_from(run: Run, state: TrainState, resume: str) -> None:
     run.model.normalize.set(Preprocessing.from_dict(saved["preprocessing"]))
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
+    if cfg.time_budget_min:  # the budget's plan, as the interrupted run made it
+        run.total_steps = min(run.total_steps, run.scheduler.lr_lambdas[0].total_steps)
+    for factor in run.scheduler.lr_lambdas:  # else the config's schedule (it may have grown)
+        factor.total_steps = run.total_steps
     run.scaler.load_state_dict(saved["scaler"])
     if cfg.amp == "auto" and "amp" in saved:  # the resumed run computes as the interrupted one did
         run.amp_dtype, run.amp_chosen = dtype_from_name(saved["amp"]), True
@@ -179,6 +208,45 @@ def _probe_step(run: Run):
         scores.float().square().mean().backward()
         model.zero_grad(set_to_none=True)
     return step
+
+
+def plan_budget(run: Run, state: TrainState) -> None:
+    """``time_budget_min``: sets the run's total steps, and its schedule's, to what fits in the budget counted
+    from ``train``'s start, at this process's seconds per step so far and the last validation's seconds (an
+    estimate before the first: ``fcnseg.train.budget.validation_estimate``); never more than the config's
+    ``epochs`` and ``max_steps`` allow. Rank 0's plan is every rank's. Rank 0 prints it and records it in
+    ``OUT/config.yaml`` as ``max_steps``, with no budget, so that the run repeats from that file."""
+    cfg, clock, now = run.cfg, run.clock, time.perf_counter()
+    step_s = (now - clock.loop_start - clock.val_total) / max(state.step - clock.loop_step, 1)
+    val_s, every = 0.0, None
+    if run.val_ds is not None:
+        every = clock.steps_per_epoch * cfg.val_every
+        val_s = clock.val_s if clock.val_s is not None else validation_estimate(
+            step_s, _pixels(run.val_ds, cfg.resize), cfg.batch_size * _pixels(run.train_ds, cfg.crop or cfg.resize, 1))
+    left_s = cfg.time_budget_min * 60 - (now - clock.start)
+    total = [steps_within(left_s, step_s, val_s, state.step, clock.cap, every)]
+    if run.world > 1:  # timings differ between processes; they must stop at the same step
+        torch.distributed.broadcast_object_list(total, src=0)
+    run.total_steps, clock.planned = total[0], True
+    for factor in run.scheduler.lr_lambdas:
+        factor.total_steps = run.total_steps
+    if run.main:
+        print(f"time budget {cfg.time_budget_min:g} min: {run.total_steps} steps in all ({left_s / 60:.1f} min left "
+              f"at step {state.step}, {step_s:.2f} s per step, {val_s:.1f} s per validation); config.yaml records "
+              f"max_steps {run.total_steps}", flush=True)
+        run.logger.write_config(replace(cfg, max_steps=run.total_steps, time_budget_min=None))
+
+
+def _pixels(ds, size: list | None, images: int | None = None) -> int:
+    """Pixels in ``images`` images of ``ds`` (default: all): each of ``size`` ([H, W]) where given, else of
+    the files' sizes (their mean for a count other than all)."""
+    n = len(ds) if images is None else images
+    if size:
+        return n * size[0] * size[1]
+    # A dataset not checked has no sizes at hand: 512x512 is an estimate's estimate, corrected by the first
+    # validation's measured time.
+    sizes = ds.stats.sizes if getattr(ds, "stats", None) is not None else [(512, 512)]
+    return round(n * sum(w * h for w, h in sizes) / len(sizes))
 
 
 def _distributed(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
@@ -258,6 +326,8 @@ def train_one_epoch(run: Run, state: TrainState) -> None:
             callback.on_step_end(state, logs)
         if cfg.ckpt_every and state.step % cfg.ckpt_every == 0 and b + 1 < len(batches):
             save_checkpoint(run, state)
+        if run.clock is not None:
+            _budget_step(run, state)
         if state.step >= run.total_steps:
             break
         step_start = time.perf_counter()
@@ -285,6 +355,42 @@ def evaluate(run: Run, state: TrainState) -> dict:
             save_model(run.model, run.out / "best.safetensors", epoch=state.epoch, step=state.step,
                        val=brief_scores(result), dataset=cfg.dataset, split=cfg.val_split,
                        dataset_options=cfg.dataset_options)
+    return result
+
+
+def _budget_step(run: Run, state: TrainState) -> None:
+    """After each step of a run with a time budget: the rate is timed from the end of this process's first
+    step (which warms up kernels and allocator, and would overstate the rest) and the steps are planned at
+    ``PROBE_STEPS``."""
+    clock = run.clock
+    if not clock.warm:
+        clock.loop_start, clock.loop_step, clock.warm = time.perf_counter(), state.step, True
+    elif not clock.planned and state.step >= PROBE_STEPS:
+        plan_budget(run, state)
+
+
+def _start_clock(run: Run, state: TrainState) -> None:
+    """With a time budget: the training loop starts now. A run resumed after its plan was made keeps the
+    checkpoint's plan (its schedule holds it) and plans no more; its ``config.yaml`` records that plan."""
+    if run.clock is not None and state.step >= PROBE_STEPS:
+        run.clock = None
+        if run.main:
+            run.logger.write_config(replace(run.cfg, max_steps=run.total_steps, time_budget_min=None))
+    if run.clock is not None:
+        run.clock.loop_start, run.clock.loop_step = time.perf_counter(), state.step
+
+
+def _timed_evaluate(run: Run, state: TrainState, replan: bool) -> dict:
+    """``evaluate``; with a time budget, its seconds go to the run's clock and, if ``replan`` and this process
+    planned the run, the steps left are planned again with them."""
+    tick = time.perf_counter()
+    result = evaluate(run, state)
+    clock = run.clock
+    if clock is not None:
+        clock.val_s = time.perf_counter() - tick
+        clock.val_total += clock.val_s
+        if replan and clock.planned:
+            plan_budget(run, state)
     return result
 
 
@@ -367,12 +473,13 @@ def train(cfg: TrainConfig, resume: str | None = None, callbacks: Iterable[Callb
             tmp.unlink(missing_ok=True)
         run.logger = TrainLogger(run.out, cfg, state.step)
     result: dict = {}
+    _start_clock(run, state)
     while state.epoch < cfg.epochs and state.step < run.total_steps:
         train_one_epoch(run, state)
         last = state.epoch >= cfg.epochs or state.step >= run.total_steps
         metrics = {}
         if run.val_ds is not None and (state.epoch % cfg.val_every == 0 or last):
-            metrics = result = evaluate(run, state)
+            metrics = result = _timed_evaluate(run, state, replan=not last)
         for callback in run.callbacks:
             callback.on_epoch_end(state, metrics)
         save_checkpoint(run, state)

@@ -97,13 +97,20 @@ def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def lr_lambda(cfg: TrainConfig, total_steps: int):
+class LRFactor:
     """The learning-rate factor of each step for ``LambdaLR``: linear warm-up over ``warmup_steps``, then constant
-    or poly decay, ``(1 - step / total_steps) ** poly_power``, to 0 at ``total_steps``."""
-    def f(step: int) -> float:
-        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-        if cfg.schedule == "constant":
+    (``schedule="constant"``) or poly decay, ``(1 - step / total_steps) ** poly_power``, to 0 at ``total_steps``.
+
+    An object rather than a closure so that ``LambdaLR.state_dict`` saves its fields (plain numbers, loadable
+    with ``weights_only=True``): a time budget sets ``total_steps`` during the run and a resume keeps it."""
+
+    def __init__(self, cfg: TrainConfig, total_steps: int) -> None:
+        self.schedule, self.warmup_steps, self.poly_power = cfg.schedule, cfg.warmup_steps, cfg.poly_power
+        self.total_steps = total_steps
+
+    def __call__(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.schedule == "constant":
             return warm
-        return warm * max(0.0, 1 - step / max(total_steps, 1)) ** cfg.poly_power
-    return f
+        return warm * max(0.0, 1 - step / max(self.total_steps, 1)) ** self.poly_power
 
