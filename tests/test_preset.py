@@ -25,6 +25,11 @@ def test_a_folder_run_without_a_config_file_gets_the_preset():
     preset = yaml.safe_load(FOLDER_PRESET.read_text())
     assert (cfg.arch, cfg.loss, cfg.crop, cfg.max_steps) == (preset["arch"], preset["loss"], preset["crop"], 50)
     assert cfg.arch != default.arch or cfg.loss != default.loss  # it is not the general default
+    # A time budget, not a step count; a user who wants steps turns it off.
+    budgeted = load_config(None, ["dataset=folder", "root=data/x"])
+    assert budgeted.time_budget_min == preset["time_budget_min"] > 0 and budgeted.max_steps is None
+    steps = load_config(None, ["dataset=folder", "root=data/x", "time_budget_min=null", "max_steps=300"])
+    assert steps.time_budget_min is None and steps.max_steps == 300
     binary = load_config(None, ["dataset=folder", "root=data/x", "task=binary"])
     assert binary.loss == {"bce": 1.0, "dice": 1.0}  # ce is for softmax only
     grey = load_config(None, ["dataset=folder", "root=data/x", "in_channels=1"])
