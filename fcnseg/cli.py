@@ -590,6 +590,10 @@ def _add_push(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and args.func is _cmd_train:  # the command line itself, not a call from Python
+        from .runtime.allocator import reexec_under_tcmalloc
+
+        reexec_under_tcmalloc(sys.argv[1:])
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError, MissingExtra) as e:

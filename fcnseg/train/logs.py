@@ -11,12 +11,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..io.atomic import atomic_write
+from ..runtime.allocator import loaded_allocator
 from .budget import PROBE_STEPS
 from .config import TrainConfig
 
 
 def startup_line(cfg: TrainConfig, train_ds, val_ds, steps_per_epoch: int, total_steps: int) -> str:
-    """One line before step 1: the data, the classes, the schedule and where the run is written."""
+    """One line before step 1: the data, the classes, the schedule, where the run is written and the memory
+    allocator (``fcnseg.runtime.allocator``: tcmalloc trains faster than the system's malloc)."""
     val = f", {len(val_ds)} val images ({cfg.val_split})" if val_ds is not None else ", no validation"
     cap = f", capped by max_steps {cfg.max_steps}" if cfg.max_steps and cfg.max_steps < \
         cfg.epochs * steps_per_epoch else ""
@@ -26,7 +28,7 @@ def startup_line(cfg: TrainConfig, train_ds, val_ds, steps_per_epoch: int, total
                  f"{cfg.time_budget_min:g} min (planned after step {PROBE_STEPS})")
     return (f"training {cfg.arch} {cfg.backbone} on {len(train_ds)} images ({cfg.train_split}){val}; "
             f"{train_ds.num_classes} classes; batch {cfg.batch_size}, {steps_per_epoch} steps per epoch, "
-            f"{steps}; writing to {cfg.out}")
+            f"{steps}; writing to {cfg.out}; memory allocator: {loaded_allocator()}")
 
 
 def eta(seconds_done: float, steps_done: int, steps_left: int) -> str:
