@@ -161,10 +161,9 @@ def resume_from(run: Run, state: TrainState, resume: str) -> None:
     run.model.normalize.set(Preprocessing.from_dict(saved["preprocessing"]))
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
-    if cfg.time_budget_min:  # the budget's plan, as the interrupted run made it
-        run.total_steps = min(run.total_steps, run.scheduler.lr_lambdas[0].total_steps)
-    for factor in run.scheduler.lr_lambdas:  # else the config's schedule (it may have grown)
-        factor.total_steps = run.total_steps
+    # With a budget, the plan the interrupted run made; else the config's schedule (it may have grown).
+    saved_total = run.scheduler.lr_lambdas[0].total_steps
+    _set_total_steps(run, min(run.total_steps, saved_total) if cfg.time_budget_min else run.total_steps)
     run.scaler.load_state_dict(saved["scaler"])
     if cfg.amp == "auto" and "amp" in saved:  # the resumed run computes as the interrupted one did
         run.amp_dtype, run.amp_chosen = dtype_from_name(saved["amp"]), True
@@ -227,14 +226,25 @@ def plan_budget(run: Run, state: TrainState) -> None:
     total = [steps_within(left_s, step_s, val_s, state.step, clock.cap, every)]
     if run.world > 1:  # timings differ between processes; they must stop at the same step
         torch.distributed.broadcast_object_list(total, src=0)
-    run.total_steps, clock.planned = total[0], True
-    for factor in run.scheduler.lr_lambdas:
-        factor.total_steps = run.total_steps
+    _set_total_steps(run, total[0])
+    clock.planned = True
     if run.main:
         print(f"time budget {cfg.time_budget_min:g} min: {run.total_steps} steps in all ({left_s / 60:.1f} min left "
               f"at step {state.step}, {step_s:.2f} s per step, {val_s:.1f} s per validation); config.yaml records "
               f"max_steps {run.total_steps}", flush=True)
-        run.logger.write_config(replace(cfg, max_steps=run.total_steps, time_budget_min=None))
+        _record_plan(run)
+
+
+def _set_total_steps(run: Run, total: int) -> None:
+    """The run's step count, and its schedule's (one ``LRFactor`` per parameter group), become ``total``."""
+    run.total_steps = total
+    for factor in run.scheduler.lr_lambdas:
+        factor.total_steps = total
+
+
+def _record_plan(run: Run) -> None:
+    """Rank 0: ``OUT/config.yaml`` with the planned steps as ``max_steps`` and no budget, which repeats the run."""
+    run.logger.write_config(replace(run.cfg, max_steps=run.total_steps, time_budget_min=None))
 
 
 def _pixels(ds, size: list | None, images: int | None = None) -> int:
@@ -369,15 +379,13 @@ def _budget_step(run: Run, state: TrainState) -> None:
         plan_budget(run, state)
 
 
-def _start_clock(run: Run, state: TrainState) -> None:
-    """With a time budget: the training loop starts now. A run resumed after its plan was made keeps the
-    checkpoint's plan (its schedule holds it) and plans no more; its ``config.yaml`` records that plan."""
+def _drop_clock_after_plan(run: Run, state: TrainState) -> None:
+    """A run with a time budget resumed after its plan was made keeps the checkpoint's plan (its schedule holds
+    it) and plans no more; its ``config.yaml`` records that plan."""
     if run.clock is not None and state.step >= PROBE_STEPS:
         run.clock = None
         if run.main:
-            run.logger.write_config(replace(run.cfg, max_steps=run.total_steps, time_budget_min=None))
-    if run.clock is not None:
-        run.clock.loop_start, run.clock.loop_step = time.perf_counter(), state.step
+            _record_plan(run)
 
 
 def _timed_evaluate(run: Run, state: TrainState, replan: bool) -> dict:
@@ -473,7 +481,7 @@ def train(cfg: TrainConfig, resume: str | None = None, callbacks: Iterable[Callb
             tmp.unlink(missing_ok=True)
         run.logger = TrainLogger(run.out, cfg, state.step)
     result: dict = {}
-    _start_clock(run, state)
+    _drop_clock_after_plan(run, state)
     while state.epoch < cfg.epochs and state.step < run.total_steps:
         train_one_epoch(run, state)
         last = state.epoch >= cfg.epochs or state.step >= run.total_steps
