@@ -38,7 +38,9 @@ class TrainConfig:
     ``batch_size``, ``optimizer`` ("sgd", "adamw"),
     ``lr`` (None: the heavy mode's per-architecture value), ``momentum``, ``weight_decay``, ``head_lr_mult``
     (score and upsampling layers), ``bias_lr_mult``, ``bias_decay``, ``schedule`` ("poly", "constant"),
-    ``poly_power``, ``warmup_steps``, ``loss_reduction`` ("mean", "sum"), ``loss_sample`` (fraction of loss
+    ``poly_power``, ``warmup_steps``, ``ema_decay`` (None: off; else an exponential moving average of the
+    weights and BatchNorm statistics, with this decay after a warm-up, is what the run validates and saves:
+    see ``fcnseg.train.ema``), ``loss_reduction`` ("mean", "sum"), ``loss_sample`` (fraction of loss
     cells kept), ``loss_sample_stride``, ``class_weights`` (None, "median_frequency", its square root
     "sqrt_median_frequency" (milder), or a list).
     ``freeze_bn``: BatchNorm layers in eval mode with their parameters frozen (needed for batch 1 with a
@@ -83,6 +85,7 @@ class TrainConfig:
     schedule: str = "poly"
     poly_power: float = 0.9
     warmup_steps: int = 0
+    ema_decay: float | None = None
     loss_reduction: str = "mean"
     loss_sample: float = 1.0
     loss_sample_stride: int = 32
@@ -239,6 +242,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps must be >= 1 or null, got {cfg.max_steps}"),
         (cfg.time_budget_min is None or cfg.time_budget_min > 0,
          f"time_budget_min must be > 0 (minutes) or null, got {cfg.time_budget_min}"),
+        (cfg.ema_decay is None or 0 < cfg.ema_decay < 1, f"ema_decay must be in (0, 1) or null, got {cfg.ema_decay}"),
         (cfg.crop is None or len(cfg.crop) == 2, f"crop must be [H, W] or null, got {cfg.crop}"),
         (cfg.resize is None or len(cfg.resize) == 2, f"resize must be [H, W] or null, got {cfg.resize}"),
         (cfg.boundary_width >= 0, f"boundary_width must be >= 0, got {cfg.boundary_width}"),

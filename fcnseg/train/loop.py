@@ -29,6 +29,7 @@ from .budget import PROBE_STEPS, steps_within, validation_estimate
 from .callbacks import Callback
 from .config import TrainConfig
 from .data import Augmented, build_data, class_weights, epoch_batches
+from .ema import make_ema
 from .logs import TrainLogger, brief_scores, eta, progress_bar, startup_line
 from .model import LRFactor, build, check_batchnorm, make_optimizer, param_groups, train_mode
 from .state import TrainState
@@ -59,7 +60,8 @@ class Run:
     """The parts of one run, built once by ``setup``; ``train_one_epoch``, ``evaluate`` and ``save_checkpoint``
     work with them. ``net`` is the model or, under ``torchrun``, its DDP wrapper; ``logger`` exists on rank 0
     only; ``saved_step`` is the step of the last checkpoint written (None: none yet); ``clock`` exists where
-    the config sets ``time_budget_min``."""
+    the config sets ``time_budget_min``; ``ema`` (an ``AveragedModel``, see ``fcnseg.train.ema``) where it sets
+    ``ema_decay``: then its weights are the ones validated and saved."""
 
     cfg: TrainConfig
     rank: int
@@ -82,10 +84,16 @@ class Run:
     saved_step: int | None = None
     amp_chosen: bool = False
     clock: Clock | None = None
+    ema: torch.nn.Module | None = None
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def shipped(self) -> torch.nn.Module:
+        """The model that is validated and saved as ``best``/``model``: the EMA's copy where there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     @property
     def out(self) -> Path:
@@ -131,7 +139,8 @@ def setup(cfg: TrainConfig, callbacks: tuple[Callback, ...] = ()) -> Run:
     # sampling's), or a run resumed mid-epoch would draw differently from an uninterrupted one.
     return Run(cfg, rank, world, device, train_ds, val_ds, Augmented(train_ds, aug), model, loss_fn, amp_dtype,
                scaler, optimizer, scheduler, total_steps, torch.Generator().manual_seed(cfg.seed), callbacks,
-               clock=Clock(started, total_steps, steps_per_epoch) if cfg.time_budget_min else None)
+               clock=Clock(started, total_steps, steps_per_epoch) if cfg.time_budget_min else None,
+               ema=make_ema(model, cfg.ema_decay) if cfg.ema_decay else None)
 
 
 def resume_from(run: Run, state: TrainState, resume: str) -> None:
@@ -158,7 +167,12 @@ def resume_from(run: Run, state: TrainState, resume: str) -> None:
         run.model.load_state_dict(saved["model"])
     except RuntimeError as e:
         raise ValueError(f"{ckpt}: checkpoint does not fit the model ({str(e).splitlines()[0]})") from None
-    run.model.normalize.set(Preprocessing.from_dict(saved["preprocessing"]))
+    pre = Preprocessing.from_dict(saved["preprocessing"])
+    run.model.normalize.set(pre)
+    if run.ema is not None:
+        run.ema.module.normalize.set(pre)
+        if "ema" in saved:  # else the average starts from the resumed weights (its first update copies them)
+            run.ema.load_state_dict(saved["ema"])
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
     # With a budget, the plan the interrupted run made; else the config's schedule (it may have grown).
@@ -291,6 +305,8 @@ def _train_step(run: Run, state: TrainState, images: torch.Tensor, labels: torch
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update_parameters(run.model)
     state.step += 1
     return loss
 
@@ -354,7 +370,10 @@ def evaluate(run: Run, state: TrainState) -> dict:
         WriteError: ``best.safetensors`` could not be written.
     """
     cfg = run.cfg
-    result = evaluate_model(run.net, run.val_ds, run.device, amp_dtype=run.amp_dtype, channels_last=cfg.channels_last,
+    # Under torchrun the EMA is the same on every rank (it follows DDP's synchronised weights), so its copy is
+    # scored unwrapped; the confusion matrix is still summed over the ranks.
+    net = run.net if run.ema is None else run.ema.module
+    result = evaluate_model(net, run.val_ds, run.device, amp_dtype=run.amp_dtype, channels_last=cfg.channels_last,
                             boundary_width=cfg.boundary_width or None)
     if run.main:
         run.logger.val(state.step, state.epoch, result, state.train_seconds)
@@ -362,9 +381,9 @@ def evaluate(run: Run, state: TrainState) -> dict:
         score = -1.0 if score is None else score  # None: no labelled pixel in the validation masks
         if score > state.best or not (run.out / "best.safetensors").exists():
             state.best = max(state.best, score)
-            save_model(run.model, run.out / "best.safetensors", epoch=state.epoch, step=state.step,
+            save_model(run.shipped, run.out / "best.safetensors", epoch=state.epoch, step=state.step,
                        val=brief_scores(result), dataset=cfg.dataset, split=cfg.val_split,
-                       dataset_options=cfg.dataset_options)
+                       dataset_options=cfg.dataset_options, **_weights_info(cfg))
     return result
 
 
@@ -419,7 +438,8 @@ def save_checkpoint(run: Run, state: TrainState) -> None:
         write_checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                           "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
                           **state.state_dict(), "config": asdict(run.cfg), "amp": DTYPE_NAMES[run.amp_dtype],
-                          "preprocessing": run.model.preprocessing.to_dict()}, path, spec=run.model.spec)
+                          "preprocessing": run.model.preprocessing.to_dict(),
+                          **({"ema": run.ema.state_dict()} if run.ema is not None else {})}, path, spec=run.model.spec)
     except WriteError as e:
         # A run that cannot checkpoint stops: going on would risk losing everything after the last good one.
         kept = f"the checkpoint of step {run.saved_step} is kept" if run.saved_step else "no checkpoint was written"
@@ -427,6 +447,11 @@ def save_checkpoint(run: Run, state: TrainState) -> None:
     run.saved_step = state.step
     for callback in run.callbacks:
         callback.on_checkpoint(state, path)
+
+
+def _weights_info(cfg: TrainConfig) -> dict:
+    """What a saved model file says of its weights beyond the step: the EMA's decay where they are an EMA."""
+    return {"weights": "ema", "ema_decay": cfg.ema_decay} if cfg.ema_decay else {}
 
 
 def finish(run: Run, state: TrainState, result: dict) -> None:
@@ -438,10 +463,11 @@ def finish(run: Run, state: TrainState, result: dict) -> None:
     """
     if run.main:
         cfg, out = run.cfg, run.out
-        info = dict(epoch=state.epoch, step=state.step, dataset=cfg.dataset, dataset_options=cfg.dataset_options)
-        save_model(run.model, out / "model.safetensors", val=brief_scores(result) if result else None, **info)
+        info = dict(epoch=state.epoch, step=state.step, dataset=cfg.dataset, dataset_options=cfg.dataset_options,
+                    **_weights_info(cfg))
+        save_model(run.shipped, out / "model.safetensors", val=brief_scores(result) if result else None, **info)
         if run.val_ds is None:  # no validation to pick a best model by: the best is the last
-            save_model(run.model, out / "best.safetensors", val=None, best="last (no validation)", **info)
+            save_model(run.shipped, out / "best.safetensors", val=None, best="last (no validation)", **info)
         if result:
             write_report(result, out / "val")
             print(format_table(result))
