@@ -33,6 +33,11 @@ Also checked in the same run: fcnseg's FCN-8s-VGG16 loaded with torchfcn FCN8s's
 scores (max abs difference reported), so the two timed VGG16 models compute the same function; and the
 confusion matrix's accumulation rate (Mpixel/s) on 360x480 label maps.
 
+``--allocators system tcmalloc`` runs every row once under each memory allocator (tcmalloc through
+``LD_PRELOAD``, as ``fcnseg train``, ``predict`` and ``evaluate`` start themselves: ``fcnseg.runtime.allocator``),
+one right after the other, and adds each row's system/tcmalloc speed-up to the ratios; each row records the
+allocator its process had loaded.
+
 Writes ``OUT.json`` and ``OUT.md`` (default ``benchmarks/results/inference-<device>``).
 """
 
@@ -51,6 +56,7 @@ import types
 from pathlib import Path
 
 from fcnseg.pretrained import held_out
+from fcnseg.runtime.allocator import find_tcmalloc, loaded_allocator
 
 NUM_CLASSES = 21
 SHIPPED = held_out()  # the default model, or its selection run where it trained on val: the val column is held out
@@ -189,7 +195,8 @@ def worker(args: argparse.Namespace) -> dict:
     row = {"row": args.row, "library": library, "model": name, "runtime": runtime, "amp": amp, "size": [h, w],
            "median_ms": 1000 * median,
            "images_per_s": 1 / median, "gflops": flops / 1e9, "achieved_gflops_per_s": flops / 1e9 / median,
-           "peak_rss_mb": peak_rss_mb(), "first_call_s": first, "times_ms": [1000 * t for t in times]}
+           "peak_rss_mb": peak_rss_mb(), "first_call_s": first, "times_ms": [1000 * t for t in times],
+           "allocator": loaded_allocator()}
     if runtime == "compiled":
         row["compile_s"] = sum(compiled.compile_seconds.values())
     if device.type == "cuda":
@@ -263,9 +270,18 @@ def confusion_rate(threads: int) -> float:
     return 10 * target.numel() / (time.perf_counter() - t) / 1e6
 
 
-def _child(args: argparse.Namespace, *extra: str) -> dict:
+def _allocator_env(allocator: str) -> dict[str, str]:
+    """This process's environment for a child under ``allocator`` ("system" or "tcmalloc"); the fcnseg
+    commands the children run keep it (``FCNSEG_ALLOCATOR``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FCNSEG_ALLOCATOR_REEXEC")}
+    if allocator == "system":
+        return {**env, "FCNSEG_ALLOCATOR": "system"}
+    return {**env, "LD_PRELOAD": str(find_tcmalloc()), "FCNSEG_ALLOCATOR_REEXEC": "1"}
+
+
+def _child(args: argparse.Namespace, *extra: str, allocator: str = "system") -> dict:
     cmd = [sys.executable, __file__, "--threads", str(args.threads), "--device", args.device, *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    env = {**_allocator_env(allocator), "OMP_NUM_THREADS": str(args.threads)}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
@@ -399,7 +415,8 @@ def _val_mean_iu(runtime: str, file: Path | None, args: argparse.Namespace, tmp:
 
 
 def _run_cli(cmd: list[str], args: argparse.Namespace) -> None:
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    env = {**_allocator_env(args.allocators[0]), "OMP_NUM_THREADS": str(args.threads)}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
 
@@ -413,6 +430,7 @@ def markdown(result: dict) -> str:
               "CamVid val mean IU |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         amp = "" if r["amp"] in ("fp32", "bf16", "int8") else f" {r['amp']}"
+        amp += f" [{r['allocator']}]" if len(result.get("allocators", [])) > 1 else ""
         miu = f"{100 * r['val_mean_iu']:.2f}" if r.get("val_mean_iu") is not None else ""
         lines.append(f"| {r['row']}{amp} | {r['size'][0]}x{r['size'][1]} | {r['median_ms']:.1f} | "
                      f"{r['images_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {r.get('disk_mb', 0):.1f} | "
@@ -436,6 +454,23 @@ def markdown(result: dict) -> str:
                   f"{result['confusion_mpixel_per_s']:.0f} Mpixel/s.", ""]
     lines += ["Ratios:"] + [f"- {k}: {v:.2f}" for k, v in result["ratios"].items()]
     return "\n".join(lines) + "\n"
+
+
+def all_ratios(rows: list[dict], peak: float, allocators: list[str]) -> dict:
+    """``ratios`` among the rows of each allocator (keys of any but the first marked with it), then each row's
+    speed-up from the first allocator to every other."""
+    out = {}
+    for allocator in allocators:
+        mark = "" if allocator == allocators[0] else f" [{allocator}]"
+        same = [r for r in rows if r.get("allocator", "system") == allocator]
+        out.update({k + mark: v for k, v in ratios(same, peak).items()})
+    for base in [r for r in rows if r.get("allocator", "system") == allocators[0]]:
+        for r in rows:
+            other = r.get("allocator", "system")
+            if other != allocators[0] and (r["row"], r["size"], r["amp"]) == (base["row"], base["size"], base["amp"]):
+                key = f"{base['row']} {base['size'][0]}x{base['size'][1]}: {allocators[0]} / {other} (speed-up)"
+                out[key] = base["median_ms"] / r["median_ms"]
+    return out
 
 
 def ratios(rows: list[dict], peak: float) -> dict:
@@ -522,18 +557,25 @@ def _run_rows(args, names: list[str], peak: float, tmp: Path, records: dict) -> 
                 file = _exported(library, model, runtime, tmp, args, records)
                 twin = [r for r in rows if r["library"] == library and r["model"] == model and r["size"] == size]
                 extra += ["--file", str(file), "--flops", str(twin[0]["gflops"] * 1e9 if twin else 0.0)]
-            for amp in amps:
-                row = _child(args, *extra, *(["--amp", amp] if amp else []))
+            for amp, allocator in [(a, m) for a in amps for m in args.allocators]:
+                row = _child(args, *extra, *(["--amp", amp] if amp else []), allocator=allocator)
                 row["fraction_of_peak"] = row["achieved_gflops_per_s"] / peak
                 row["disk_mb"] = _disk_mb(library, model, file)
+                # The scores do not depend on the allocator: measured once, under the first.
                 if model == SHIPPED and args.accuracy and amp is None and size == [360, 480]:
-                    row["val_mean_iu"] = _val_mean_iu(runtime, file, args, tmp)
+                    accurate = [r for r in rows if (r["row"], r["size"]) == (name, size) and "val_mean_iu" in r]
+                    row["val_mean_iu"] = (accurate[0]["val_mean_iu"] if accurate
+                                          else _val_mean_iu(runtime, file, args, tmp))
                 rows.append(row)
-                miu = f" val mean IU {100 * row['val_mean_iu']:.2f}" if "val_mean_iu" in row else ""
-                print(f"{name:52s} {size_text:8s} {row['amp']:5s} {row['median_ms']:8.1f} ms "
-                      f"{row['images_per_s']:6.2f} img/s {row['peak_rss_mb']:6.0f} MB {row['disk_mb']:7.1f} MB on disk "
-                      f"{row['gflops']:7.1f} GFLOP {row['fraction_of_peak']:.2f} of peak{miu}", flush=True)
+                _print_row(name, size_text, row)
     return rows
+
+
+def _print_row(name: str, size_text: str, row: dict) -> None:
+    miu = f" val mean IU {100 * row['val_mean_iu']:.2f}" if "val_mean_iu" in row else ""
+    print(f"{name:52s} {size_text:8s} {row['amp']:5s} {row['allocator']:8s} {row['median_ms']:8.1f} ms "
+          f"{row['images_per_s']:6.2f} img/s {row['peak_rss_mb']:6.0f} MB {row['disk_mb']:7.1f} MB on disk "
+          f"{row['gflops']:7.1f} GFLOP {row['fraction_of_peak']:.2f} of peak{miu}", flush=True)
 
 
 def main() -> int:
@@ -552,6 +594,9 @@ def main() -> int:
     p.add_argument("--calibration-images", type=int, default=32)
     p.add_argument("--no-accuracy", dest="accuracy", action="store_false",
                    help="skip the shipped model's CamVid val mean IU per backend")
+    p.add_argument("--allocators", nargs="+", default=["system"], choices=("system", "tcmalloc"),
+                   help="run every row under each of these memory allocators (tcmalloc: apt install "
+                        "libtcmalloc-minimal4); the ratios compare the first with the others")
     p.add_argument("--out", help="output stem (default benchmarks/results/inference-<device>)")
     # Internal: one measurement in this process.
     p.add_argument("--row", help=argparse.SUPPRESS)
@@ -572,6 +617,8 @@ def main() -> int:
         return 0
     if args.quick:
         args.sizes, args.repeat, args.warmup = ["360x480"], 3, 1
+    if "tcmalloc" in args.allocators and find_tcmalloc() is None:
+        p.error("--allocators tcmalloc: no tcmalloc library found (apt install libtcmalloc-minimal4)")
     return _parent(args)
 
 
@@ -590,13 +637,13 @@ def _parent(args: argparse.Namespace) -> int:
         rows = _run_rows(args, names, peak, Path(tmp), records)
     result = {"device": args.device, "device_name": device_name, "threads": args.threads, "repeat": args.repeat,
               "warmup": args.warmup, "gemm_peak_gflops": peak, "torch": torch.__version__, "rows": rows,
-              "cpu_flags": key_flags(), "skipped": skipped,
+              "cpu_flags": key_flags(), "skipped": skipped, "allocators": args.allocators,
               "quantization": {f"{model} {file}": q for (model, file), q in records.items()},
               "command": " ".join([Path(sys.executable).name, *sys.argv])}
     if args.device == "cpu" and any(ROWS[n][0] == "torchfcn" for n in names):
         result["agreement"] = _child(args, "--task", "agreement")
     result["confusion_mpixel_per_s"] = _child(args, "--task", "confusion")
-    result["ratios"] = ratios(rows, peak)
+    result["ratios"] = all_ratios(rows, peak, args.allocators)
     out = Path(args.out or Path(__file__).parent / "results" / f"inference-{args.device}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
