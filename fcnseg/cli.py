@@ -80,6 +80,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import build_dataset, eval_transforms
     from .evaluate import evaluate, format_table, write_report
     from .predict import load_for_inference
+    from .runtime.allocator import loaded_allocator
     from .runtime.amp import DTYPE_NAMES
     from .runtime.distributed import finish_distributed, setup_distributed
 
@@ -116,7 +117,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                       overlap=args.overlap)
     if rank == 0:
         result.update(model=str(args.model), dataset=args.dataset, split=args.split, amp=DTYPE_NAMES[amp_dtype],
-                      backend=args.backend or default_backend(args.model))
+                      backend=args.backend or default_backend(args.model), allocator=loaded_allocator())
         if getattr(model, "quantization", None):
             result["quantization"] = model.quantization
         write_report(result, out)
@@ -194,6 +195,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from .predict import load_for_inference, merge_summaries, parse_shard, predict_files
+    from .runtime.allocator import loaded_allocator
 
     if args.merge_summaries:
         merged = merge_summaries(args.merge_summaries)
@@ -229,7 +231,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     skipped = sum(1 for r in results if r.get("skipped"))
     print(f"wrote {len(results) - skipped} predictions to {args.out}" + (
         f" ({skipped} skipped: their outputs exist)" if skipped else "") + (
-        f" (shard {shard[0]}/{shard[1]})" if shard else ""))
+        f" (shard {shard[0]}/{shard[1]})" if shard else "") + f"; memory allocator: {loaded_allocator()}")
     if args.quiet:  # quiet drops the per-image lines, not the errors
         for error in errors:
             print(f"fcnseg: error: {error}", file=sys.stderr)
@@ -590,7 +592,9 @@ def _add_push(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if argv is None and args.func is _cmd_train:  # the command line itself, not a call from Python
+    # The command line itself, not a call from Python: the commands whose large tensors glibc's malloc maps and
+    # page-faults afresh at each use start again under tcmalloc (docs/training.md, docs/inference.md).
+    if argv is None and args.func in (_cmd_train, _cmd_evaluate, _cmd_predict):
         from .runtime.allocator import reexec_under_tcmalloc
 
         reexec_under_tcmalloc(sys.argv[1:])

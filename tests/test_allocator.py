@@ -1,12 +1,14 @@
-"""The memory allocator: which one a process runs under, and `fcnseg train` restarting itself under tcmalloc
-where it is installed (docs/training.md: 1.41x the training throughput of glibc's malloc on a 2-core CPU)."""
+"""The memory allocator: which one a process runs under, and `fcnseg train`, `evaluate` and `predict` restarting
+themselves under tcmalloc where it is installed (docs/training.md: 1.41x the training throughput of glibc's malloc
+on a 2-core CPU; docs/inference.md for inference)."""
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
-from helpers import REPO
+from helpers import REPO, save_shapes_model
 from test_train import tiny
 
 from fcnseg.runtime.allocator import find_tcmalloc, loaded_allocator, tcmalloc_env
@@ -44,3 +46,41 @@ def test_fcnseg_train_runs_under_tcmalloc_unless_told_not_to(tmp_path, shapes, c
     expected = "tcmalloc" if choice == "auto" and find_tcmalloc() and sys.platform.startswith("linux") else "system"
     assert f"memory allocator: {expected}" in proc.stdout, proc.stdout[-2000:]
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+
+@pytest.mark.slow
+def test_fcnseg_evaluate_and_predict_run_under_tcmalloc_unless_told_not_to(tmp_path, shapes):
+    model = save_shapes_model(tmp_path / "m.safetensors")
+    expected = {"auto": "tcmalloc" if find_tcmalloc() and sys.platform.startswith("linux") else "system",
+                "system": "system"}
+    for choice in ("auto", "system"):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FCNSEG_ALLOCATOR")}
+        env.update(OMP_NUM_THREADS="2", FCNSEG_ALLOCATOR=choice)
+        ev = subprocess.run([sys.executable, "-m", "fcnseg.cli", "evaluate", "--model", str(model), "--dataset",
+                             "folder", "--root", str(shapes), "--split", "val", "--out", str(tmp_path / choice)],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+        assert ev.returncode == 0, ev.stderr[-2000:]
+        assert json.loads((tmp_path / choice / "metrics.json").read_text())["allocator"] == expected[choice]
+        pr = subprocess.run([sys.executable, "-m", "fcnseg.cli", "predict", "--model", str(model), "--quiet",
+                             str(shapes / "images" / "val"), "--out", str(tmp_path / f"pred-{choice}")],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+        assert pr.returncode == 0, pr.stderr[-2000:]
+        assert f"memory allocator: {expected[choice]}" in pr.stdout, pr.stdout[-2000:]
+    # The allocator moves no number: the same labels, byte for byte.
+    labels = {c: {p.name: p.read_bytes() for p in (tmp_path / f"pred-{c}").glob("*.png")} for c in expected}
+    assert labels["auto"] and labels["auto"] == labels["system"]
+
+
+def test_the_command_line_restarts_before_importing_torch():
+    """The restart happens after parsing the arguments: torch must not be imported by then, or every restarted
+    command would pay for its import twice (about 2.5 s on a 2-core machine)."""
+    code = ("import sys, fcnseg.cli; assert 'torch' not in sys.modules, 'torch imported'; "
+            "import fcnseg; assert callable(fcnseg.load) and 'fcn8s' in fcnseg.ARCHS and 'torch' in sys.modules; "
+            "assert {'load', 'FCN', 'build_model'} <= set(dir(fcnseg))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        import fcnseg
+
+        fcnseg.nothing  # noqa: B018
