@@ -18,9 +18,21 @@ import torch
 from PIL import Image
 
 import fcnseg
+from fcnseg.train import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
+
+
+class StopAt(Callback):
+    """A training callback that interrupts the run at step ``at``, as Ctrl-C would."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, state, logs) -> None:
+        if state.step == self.at:
+            raise KeyboardInterrupt
 
 
 def heavy_unless(keep: bool, *values, id: str | None = None):

@@ -8,9 +8,10 @@ from dataclasses import replace
 
 import pytest
 import yaml
+from helpers import StopAt
 from test_train import tiny
 
-from fcnseg.train import Callback, load_config, train
+from fcnseg.train import load_config, train
 from fcnseg.train.budget import PROBE_STEPS, steps_within, validation_estimate, validations_between
 
 
@@ -70,21 +71,13 @@ def test_a_budget_stops_the_run_in_time_and_its_config_records_the_plan(tmp_path
     assert replace(saved, max_steps=None, time_budget_min=budget_min) == cfg
 
 
-class _Stop(Callback):
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step_end(self, state, logs):
-        if state.step == self.at:
-            raise KeyboardInterrupt
-
 
 @pytest.mark.slow
 def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path, shapes):
     cfg = load_config(None, tiny(shapes, tmp_path, epochs=10000, max_steps=None, val_every=20,
                                  time_budget_min=0.4, ckpt_every=1))
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, callbacks=[_Stop(PROBE_STEPS + 3)])
+        train(cfg, callbacks=[StopAt(PROBE_STEPS + 3)])
     planned = yaml.safe_load((tmp_path / "config.yaml").read_text())["max_steps"]
     assert planned > PROBE_STEPS + 3  # a resumed run planning again from its own clock would take more
     train(cfg, resume="auto")

@@ -5,12 +5,13 @@ import csv
 
 import pytest
 import torch
+from helpers import StopAt
 from test_train import tiny
 
 from fcnseg.evaluate import evaluate
 from fcnseg.io.checkpoint import load_checkpoint
 from fcnseg.io.modelfile import load_model, read_model_metadata
-from fcnseg.train import Callback, load_config, train
+from fcnseg.train import load_config, train
 from fcnseg.train.ema import decay_at, make_ema
 
 
@@ -69,21 +70,14 @@ def test_a_run_with_ema_validates_and_saves_the_average(tmp_path, shapes):
     assert evaluate(shipped, val, torch.device("cpu"))["mean_iu"] == pytest.approx(_val_mean_iu(tmp_path)[-1])
 
 
-class _Stop(Callback):
-    def __init__(self, at: int) -> None:
-        self.at = at
 
-    def on_step_end(self, state, logs):
-        if state.step == self.at:
-            raise KeyboardInterrupt
-
-
+@pytest.mark.slow
 def test_a_resumed_run_continues_the_average_exactly(tmp_path, shapes):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     train(load_config(None, tiny(shapes, whole, epochs=2, ema_decay=0.8, ckpt_every=1)))
     cfg = load_config(None, tiny(shapes, cut, epochs=2, ema_decay=0.8, ckpt_every=1))
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, callbacks=[_Stop(4)])
+        train(cfg, callbacks=[StopAt(4)])
     train(cfg, resume="auto")
     a = load_model(whole / "model.safetensors")
     b = load_model(cut / "model.safetensors")
