@@ -56,7 +56,7 @@ import types
 from pathlib import Path
 
 from fcnseg.pretrained import held_out
-from fcnseg.runtime.allocator import find_tcmalloc, loaded_allocator
+from fcnseg.runtime.allocator import find_tcmalloc, loaded_allocator, preload_tcmalloc
 
 NUM_CLASSES = 21
 SHIPPED = held_out()  # the default model, or its selection run where it trained on val: the val column is held out
@@ -273,10 +273,10 @@ def confusion_rate(threads: int) -> float:
 def _allocator_env(allocator: str) -> dict[str, str]:
     """This process's environment for a child under ``allocator`` ("system" or "tcmalloc"); the fcnseg
     commands the children run keep it (``FCNSEG_ALLOCATOR``)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FCNSEG_ALLOCATOR_REEXEC")}
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     if allocator == "system":
         return {**env, "FCNSEG_ALLOCATOR": "system"}
-    return {**env, "LD_PRELOAD": str(find_tcmalloc()), "FCNSEG_ALLOCATOR_REEXEC": "1"}
+    return preload_tcmalloc(env, find_tcmalloc())
 
 
 def _child(args: argparse.Namespace, *extra: str, allocator: str = "system") -> dict:
@@ -462,14 +462,15 @@ def all_ratios(rows: list[dict], peak: float, allocators: list[str]) -> dict:
     out = {}
     for allocator in allocators:
         mark = "" if allocator == allocators[0] else f" [{allocator}]"
-        same = [r for r in rows if r.get("allocator", "system") == allocator]
+        same = [r for r in rows if r["allocator"] == allocator]
         out.update({k + mark: v for k, v in ratios(same, peak).items()})
-    for base in [r for r in rows if r.get("allocator", "system") == allocators[0]]:
-        for r in rows:
-            other = r.get("allocator", "system")
-            if other != allocators[0] and (r["row"], r["size"], r["amp"]) == (base["row"], base["size"], base["amp"]):
-                key = f"{base['row']} {base['size'][0]}x{base['size'][1]}: {allocators[0]} / {other} (speed-up)"
-                out[key] = base["median_ms"] / r["median_ms"]
+    def same_row(a: dict, b: dict) -> bool:
+        return (a["row"], a["size"], a["amp"]) == (b["row"], b["size"], b["amp"])
+
+    for base in [r for r in rows if r["allocator"] == allocators[0]]:
+        for r in [r for r in rows if r["allocator"] != allocators[0] and same_row(r, base)]:
+            key = f"{base['row']} {base['size'][0]}x{base['size'][1]}: {allocators[0]} / {r['allocator']} (speed-up)"
+            out[key] = base["median_ms"] / r["median_ms"]
     return out
 
 
@@ -557,10 +558,11 @@ def _run_rows(args, names: list[str], peak: float, tmp: Path, records: dict) -> 
                 file = _exported(library, model, runtime, tmp, args, records)
                 twin = [r for r in rows if r["library"] == library and r["model"] == model and r["size"] == size]
                 extra += ["--file", str(file), "--flops", str(twin[0]["gflops"] * 1e9 if twin else 0.0)]
+            disk_mb = _disk_mb(library, model, file)
             for amp, allocator in [(a, m) for a in amps for m in args.allocators]:
                 row = _child(args, *extra, *(["--amp", amp] if amp else []), allocator=allocator)
                 row["fraction_of_peak"] = row["achieved_gflops_per_s"] / peak
-                row["disk_mb"] = _disk_mb(library, model, file)
+                row["disk_mb"] = disk_mb
                 # The scores do not depend on the allocator: measured once, under the first.
                 if model == SHIPPED and args.accuracy and amp is None and size == [360, 480]:
                     accurate = [r for r in rows if (r["row"], r["size"]) == (name, size) and "val_mean_iu" in r]

@@ -48,7 +48,6 @@ def test_fcnseg_train_runs_under_tcmalloc_unless_told_not_to(tmp_path, shapes, c
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
-
 @pytest.mark.slow
 def test_fcnseg_evaluate_and_predict_run_under_tcmalloc_unless_told_not_to(tmp_path, shapes):
     model = save_shapes_model(tmp_path / "m.safetensors")

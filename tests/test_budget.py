@@ -71,7 +71,6 @@ def test_a_budget_stops_the_run_in_time_and_its_config_records_the_plan(tmp_path
     assert replace(saved, max_steps=None, time_budget_min=budget_min) == cfg
 
 
-
 @pytest.mark.slow
 def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path, shapes):
     cfg = load_config(None, tiny(shapes, tmp_path, epochs=10000, max_steps=None, val_every=20,

@@ -8,6 +8,7 @@ import torch
 from helpers import StopAt
 from test_train import tiny
 
+from fcnseg.data import build_dataset, eval_transforms
 from fcnseg.evaluate import evaluate
 from fcnseg.io.checkpoint import load_checkpoint
 from fcnseg.io.modelfile import load_model, read_model_metadata
@@ -65,10 +66,8 @@ def test_a_run_with_ema_validates_and_saves_the_average(tmp_path, shapes):
     info = read_model_metadata(tmp_path / "model.safetensors")["info"]
     assert info["weights"] == "ema" and info["ema_decay"] == 0.8
     # The last validation scored the average: its mean IU is that of model.safetensors scored again.
-    from fcnseg.data import build_dataset, eval_transforms
     val = build_dataset("folder", str(shapes), "val", transforms=eval_transforms())
     assert evaluate(shipped, val, torch.device("cpu"))["mean_iu"] == pytest.approx(_val_mean_iu(tmp_path)[-1])
-
 
 
 @pytest.mark.slow

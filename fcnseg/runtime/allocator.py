@@ -58,8 +58,12 @@ def tcmalloc_env(env: dict[str, str]) -> dict[str, str] | None:
     if loaded_allocator() != "system":
         return None
     lib = find_tcmalloc()
-    if lib is None:
-        return None
+    return None if lib is None else preload_tcmalloc(env, lib)
+
+
+def preload_tcmalloc(env: dict[str, str], lib: str | os.PathLike) -> dict[str, str]:
+    """``env`` with ``lib`` prepended to ``LD_PRELOAD`` and the guard that stops fcnseg restarting itself again:
+    a process started with it runs under tcmalloc whatever its parent had (the benchmarks compare allocators)."""
     preload = " ".join(p for p in (str(lib), env.get("LD_PRELOAD", "")) if p)
     return {**env, "LD_PRELOAD": preload, _GUARD: "1"}
 
