@@ -13,7 +13,7 @@ from ._optional import MissingExtra, require
 from .pretrained import DEFAULT_MODEL
 
 # fcnseg.backends.BACKENDS, written out so that building the parser imports no torch.
-BACKENDS = ("torch", "compiled", "onnxruntime", "openvino")
+BACKENDS = ("auto", "torch", "compiled", "onnxruntime", "openvino")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -76,7 +76,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .backends import default_backend
+    from .backends import AutoModel, default_backend
     from .data import build_dataset, eval_transforms
     from .evaluate import evaluate, format_table, write_report
     from .predict import load_for_inference
@@ -118,6 +118,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if rank == 0:
         result.update(model=str(args.model), dataset=args.dataset, split=args.split, amp=DTYPE_NAMES[amp_dtype],
                       backend=args.backend or default_backend(args.model), allocator=loaded_allocator())
+        if isinstance(model, AutoModel):  # what ran each input shape, and why
+            result["backend_choice"] = [model.describe(shape) for shape in model.choice]
         if getattr(model, "quantization", None):
             result["quantization"] = model.quantization
         write_report(result, out)
@@ -130,6 +132,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         wrote = out / ("report.html" if args.report else "metrics.json")
         print(f"{result['images_per_s']:.2f} images/s; wrote {wrote}")
         _report_compile(model)
+        _report_auto(model)
     finish_distributed()
     return 0
 
@@ -176,6 +179,27 @@ def _report_compile(model) -> None:
         print(f"torch.compile: {len(seconds)} shapes, {sum(seconds.values()):.1f} s compiling (first calls)")
 
 
+def _report_auto(model) -> None:
+    """The backend ``--backend auto`` chose for each input shape, with the times that decided it (one line each)."""
+    from .backends import AutoModel
+
+    for shape in model.choice if isinstance(model, AutoModel) else ():
+        print(f"backend auto: {model.describe(shape)}")
+
+
+def _predict_backend(given: str | None, model: str) -> str | None:
+    """``fcnseg predict``'s backend: ``--backend``; else for an exported file its own runtime (None), for other
+    models ``$FCNSEG_BACKEND`` or "auto"."""
+    import os
+
+    if given or Path(model).suffix.lower() in (".onnx", ".xml"):
+        return given
+    backend = os.environ.get("FCNSEG_BACKEND") or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"FCNSEG_BACKEND={backend!r} is not a backend; valid: {', '.join(BACKENDS)}")
+    return backend
+
+
 def _set_threshold(model, threshold: float | None, name) -> None:
     """``--threshold``: overrides a binary or multilabel model's stored decision threshold."""
     if threshold is None:
@@ -194,6 +218,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .backends import AutoModel
     from .predict import load_for_inference, merge_summaries, parse_shard, predict_files
     from .runtime.allocator import loaded_allocator
 
@@ -213,7 +238,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         rank, world, _ = setup_distributed(args.device)
         shard = (rank, world)
-    model = load_for_inference(args.model, args.backend, args.device)
+    model = load_for_inference(args.model, _predict_backend(args.backend, args.model), args.device)
+    if isinstance(model, AutoModel):  # its choices are reported once, at the end
+        model.verbose = False
     _set_threshold(model, args.threshold, args.model)
     videos = [p for p in args.inputs if Path(p).suffix.lower() in _video_exts()]
     if videos:
@@ -228,6 +255,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                     progress=None if not args.quiet else False, verbose=not args.quiet,
                                     shard=shard, skip_existing=args.skip_existing)
     _report_compile(model)
+    _report_auto(model)
     skipped = sum(1 for r in results if r.get("skipped"))
     print(f"wrote {len(results) - skipped} predictions to {args.out}" + (
         f" ({skipped} skipped: their outputs exist)" if skipped else "") + (
@@ -431,7 +459,8 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--model", required=True, help="a pretrained model name, a .safetensors file, or an .onnx / "
                    "OpenVINO .xml file from fcnseg export (fp32 or int8)")
     e.add_argument("--backend", choices=BACKENDS, help="run with PyTorch eager, torch.compile, ONNX Runtime or "
-                   "OpenVINO (default: torch; onnxruntime for .onnx, openvino for .xml files)")
+                   "OpenVINO, or auto: the fastest of them in fp32 (default: torch; onnxruntime for .onnx, "
+                   "openvino for .xml files)")
     e.add_argument("--dataset", required=True, help="camvid, voc, sbd, cityscapes, ade20k, folder or multilabel")
     e.add_argument("--root", required=True, help="the dataset folder")
     e.add_argument("--split", default="val")
@@ -483,7 +512,9 @@ def _add_predict(sub) -> None:
                    help="a pretrained name, a .safetensors file, a Hub-style folder, hf://ORG/NAME[@REV], or an "
                         ".onnx / OpenVINO .xml file from fcnseg export (fp32 or int8)")
     r.add_argument("--backend", choices=BACKENDS, help="run with PyTorch eager, torch.compile, ONNX Runtime or "
-                   "OpenVINO (default: torch; onnxruntime for .onnx, openvino for .xml files)")
+                   "OpenVINO; auto (the default; $FCNSEG_BACKEND sets another): on the CPU the fastest of eager "
+                   "PyTorch, OpenVINO and ONNX Runtime in fp32, timed per input shape (.onnx and .xml files: "
+                   "their own runtime)")
     r.add_argument("--out", default="outputs/predict")
     r.add_argument("--tile", type=int, default=1024,
                    help="segment images larger than TILE x TILE pixels in overlapping windows (0: always whole)")

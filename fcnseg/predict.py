@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .backends import AutoModel
 from .data.images import IMAGE_EXTS, MAX_PIXELS, ImageError, decode_image, to_float, to_tensor
 from .data.palettes import label_image, overlay
 from .io.atomic import atomic_write
@@ -319,7 +320,7 @@ def _segment_files(model, files, todo, stems, out, entries, save_overlay, save_p
     names = model.class_names
     failed: dict[int, str] = {}
     bar = tqdm(total=len(todo), unit="img", disable=not (sys.stderr.isatty() if progress is None else progress))
-    if todo:
+    if todo and not isinstance(model, AutoModel):  # (which warms up each shape as it times it)
         with torch.inference_mode():
             # warm-up, so the first timing is not the allocator's
             probabilities(model, torch.rand(1, getattr(model, "in_channels", 3), 64, 64))

@@ -8,6 +8,10 @@ import torch
 from helpers import SHARED, make_shapes, save_shapes_model
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+# fcnseg predict's default backend (auto) loads OpenVINO, after which a long test process died of a segmentation
+# fault in later tests (tests/test_backends.py); here, and in the CLI subprocesses, predict runs eager PyTorch
+# unless a test asks for auto, which isolated_backends.py tests in a process of its own.
+os.environ["FCNSEG_BACKEND"] = "torch"
 
 
 @pytest.fixture

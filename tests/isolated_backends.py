@@ -165,3 +165,57 @@ def test_serve_loads_every_model_with_the_backend_given(tiny_model_file, tmp_pat
     model = models[tiny_model_file.stem]
     assert type(model).__name__ == "OnnxModel" and model.source == str(tiny_model_file)
     assert (model.predict(_photo()) == fcnseg.load(tiny_model_file).predict(_photo())).float().mean() > 0.999
+
+
+def test_auto_backend_times_every_installed_backend_and_runs_the_fastest(tiny_model_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    eager = fcnseg.load(tiny_model_file)
+    auto = fcnseg.load(tiny_model_file, backend="auto", threads=1)
+    assert auto.class_names == eager.class_names and auto.num_classes == 3
+    x = torch.rand(1, 3, 61, 83)
+    with torch.inference_mode():
+        ref, out = eager(x), auto(x)
+    shape = (1, 3, 61, 83)
+    times = auto.timings[shape]
+    assert set(times) == {"torch", "openvino", "onnxruntime"} and all(ms > 0 for ms in times.values())
+    assert auto.choice[shape] == min(times, key=times.get)
+    assert (out - ref).abs().max() <= 1e-3 * ref.abs().max()
+    # From then on the chosen backend alone runs that shape: the others would fail the call.
+    chosen, runs = auto.choice[shape], dict(auto._runs)
+    for name in set(times) - {chosen}:
+        auto._runs[name] = lambda _, name=name: pytest.fail(f"{name} ran after {chosen} was chosen")
+    auto(x)
+    assert auto.timings == {shape: times}
+    auto._runs.update(runs)
+    labels = auto.predict(_photo(48, 64))  # a new shape: timed and chosen on its own
+    assert set(auto.choice) == {shape, (1, 3, 48, 64)} and labels.shape == (48, 64)
+    assert auto.describe(shape).startswith(f"{chosen} for 1x3x61x83 ({chosen} ")
+
+
+def test_predict_runs_auto_by_default_and_reports_its_choice(tiny_model_file, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FCNSEG_BACKEND")
+    Image.fromarray(_photo(96, 128)).save(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_file), "--out",
+                 str(tmp_path / "auto")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("backend auto: ")]
+    assert len(lines) == 1 and lines[0].split()[2] in ("torch", "openvino", "onnxruntime")
+    assert "for 1x3x96x128 (" in lines[0]
+    assert main(["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_file), "--backend", "torch",
+                 "--out", str(tmp_path / "torch")]) == 0
+    assert "backend auto" not in capsys.readouterr().out
+    auto, eager = (np.array(Image.open(tmp_path / d / "a.png")) for d in ("auto", "torch"))
+    assert auto.shape == (96, 128) and (auto == eager).mean() > 0.999
+
+
+def test_evaluate_with_auto_records_the_choice(tiny_model_file, module_shapes, tmp_path, monkeypatch):
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    for backend in ("auto", "torch"):
+        assert main(["evaluate", "--model", str(tiny_model_file), "--backend", backend, "--dataset", "folder",
+                     "--root", str(module_shapes), "--split", "val", "--out", str(tmp_path / backend)]) == 0
+    auto, eager = (json.loads((tmp_path / b / "metrics.json").read_text()) for b in ("auto", "torch"))
+    assert auto["backend"] == "auto" and len(auto["backend_choice"]) == 1
+    assert auto["backend_choice"][0].split()[:3][1:] == ["for", "1x3x48x64"]
+    assert "backend_choice" not in eager and abs(auto["mean_iu"] - eager["mean_iu"]) < 1e-3

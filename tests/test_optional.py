@@ -6,6 +6,7 @@ refuses it the way Python refuses a package that is not installed."""
 
 import json
 
+import numpy as np
 import pytest
 from helpers import REPO, run_cli
 
@@ -139,3 +140,24 @@ def test_one_version_number():
     assert f'\nversion = "{fcnseg.__version__}"\n' in text
     copies = [p for p in (REPO / "fcnseg").rglob("*.py") if fcnseg.__version__ in p.read_text()]
     assert copies == [], copies
+
+
+def test_auto_backend_without_the_exported_runtimes_runs_eager_pytorch(tmp_path, tiny_model_file):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    r = cli_without(("onnx", "onnxruntime", "openvino"), "predict", str(tmp_path / "a.png"), "--model",
+                    str(tiny_model_file), "--backend", "auto", "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("backend auto: "))
+    assert line.startswith("backend auto: torch for 1x3x40x56 (torch ") and line.count(" ms") == 1, line
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_a_wrong_fcnseg_backend_variable_is_one_line(tmp_path, tiny_model_file):
+    r = run_cli("predict", "x.png", "--model", str(tiny_model_file), "--out", str(tmp_path / "out"),
+                env={"FCNSEG_BACKEND": "tensorrt"})
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "fcnseg: error: FCNSEG_BACKEND='tensorrt' is not a backend; valid: auto, torch, compiled, onnxruntime, "
+        "openvino"), r.stderr
+    assert not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from ..backends import AutoModel
 from ..models.inference import probabilities
 from ..predict import load_for_inference
 
@@ -53,9 +54,10 @@ def load_models(specs: list[str], device: str = "auto", backend: str | None = No
             k += 1
             name = f"{base}-{k}"
         model.source = spec
-        with torch.inference_mode():
-            # warm-up: the first request is not the allocator's
-            probabilities(model, torch.rand(1, getattr(model, "in_channels", 3), 64, 64))
+        if not isinstance(model, AutoModel):  # (which warms up each shape as it times it)
+            with torch.inference_mode():
+                # warm-up: the first request is not the allocator's
+                probabilities(model, torch.rand(1, getattr(model, "in_channels", 3), 64, 64))
         models[name] = model
     if not models:
         raise ValueError("serve: no model given")
