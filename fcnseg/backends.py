@@ -86,7 +86,9 @@ class AutoModel:
     compute in fp32, so labels match eager PyTorch's but for near-ties (the exported backends' tests hold them to
     99.9 % of pixels). On the first batch of each ``(N, C, H, W)`` every candidate runs ``1 + repeats`` times (the
     first warms it up); the one with the lowest median time runs that shape from then on. ``timings`` maps each
-    shape to ``{backend: median ms}`` and ``choice`` to the backend chosen.
+    shape to ``{backend: median ms}`` and ``choice`` to the backend chosen. Runtimes no shape chose are released
+    (each holds its own copy of the weights: 0.5 GB for VGG16) and rebuilt from the cached export if a new shape
+    is timed.
 
     Call it with a ``(N, C, H, W)`` float tensor in [0, 1]; it returns the ``(N, K, H, W)`` float32 scores on the
     CPU. It has the model's ``num_classes``, ``class_names``, ``palette``, ``task``, ``threshold``, ``info``...
@@ -164,6 +166,8 @@ class AutoModel:
             times[name] = sorted(ms)[len(ms) // 2]
         best = min(times, key=times.get)
         self.timings[shape], self.choice[shape] = times, best
+        for name in set(self._runs) - {"torch", *self.choice.values()}:  # their copies of the weights: rebuilt
+            del self._runs[name]  # from the cached export if a new shape needs them again
         if self.verbose:
             print(f"backend auto: {self.describe(shape)}", file=sys.stderr, flush=True)
         return outputs[best]

@@ -181,11 +181,14 @@ def test_auto_backend_times_every_installed_backend_and_runs_the_fastest(tiny_mo
     assert auto.choice[shape] == min(times, key=times.get)
     assert (out - ref).abs().max() <= 1e-3 * ref.abs().max()
     # From then on the chosen backend alone runs that shape: the others would fail the call.
-    chosen, runs = auto.choice[shape], dict(auto._runs)
+    chosen = auto.choice[shape]
+    assert set(auto._runs) == {"torch", chosen}  # the others' copies of the weights were released
+    runs = dict(auto._runs)
     for name in set(times) - {chosen}:
         auto._runs[name] = lambda _, name=name: pytest.fail(f"{name} ran after {chosen} was chosen")
     auto(x)
     assert auto.timings == {shape: times}
+    auto._runs.clear()
     auto._runs.update(runs)
     labels = auto.predict(_photo(48, 64))  # a new shape: timed and chosen on its own
     assert set(auto.choice) == {shape, (1, 3, 48, 64)} and labels.shape == (48, 64)
