@@ -620,12 +620,30 @@ def _add_push(sub) -> None:
     h.set_defaults(func=_cmd_push)
 
 
+def _may_run_openvino(args: argparse.Namespace) -> bool:
+    """Whether the command may load OpenVINO: ``--backend openvino``, an ``.xml`` IR, or ``auto`` with openvino
+    installed. OpenVINO's runtime aborts in a process with tcmalloc preloaded (free(): invalid pointer, with
+    libtcmalloc-minimal 4.5 and openvino 2026.4), so such a command keeps the system's allocator."""
+    import importlib.util
+
+    backend = getattr(args, "backend", None)
+    model = str(getattr(args, "model", None) or "")
+    if args.func is _cmd_predict:
+        try:
+            backend = _predict_backend(backend, model)
+        except ValueError:  # a wrong $FCNSEG_BACKEND: the command itself says so
+            return False
+    if backend == "openvino" or model.lower().endswith(".xml"):
+        return True
+    return backend == "auto" and importlib.util.find_spec("openvino") is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # The command line itself, not a call from Python: the commands whose large tensors glibc's malloc maps and
     # page-faults afresh at each use start again under tcmalloc (docs/training.md, docs/inference.md).
-    if argv is None and args.func in (_cmd_train, _cmd_evaluate, _cmd_predict):
+    if argv is None and args.func in (_cmd_train, _cmd_evaluate, _cmd_predict) and not _may_run_openvino(args):
         from .runtime.allocator import reexec_under_tcmalloc
 
         reexec_under_tcmalloc(sys.argv[1:])

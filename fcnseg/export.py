@@ -326,17 +326,23 @@ class OpenVinoModel(ExportedFCN):
             (OpenVINO's own default on such CPUs; faster, labels differ on a few pixels).
 
     Raises:
-        RuntimeError: the ``openvino`` package is missing (named, with the pip command).
+        RuntimeError: the ``openvino`` package is missing (named, with the pip command), or tcmalloc is loaded
+            into this process (with which OpenVINO's runtime aborts).
         FileNotFoundError, ValueError: no such file, or not a model OpenVINO reads (one line naming it).
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str = "f32"):
         import threading
 
+        from .runtime.allocator import loaded_allocator
+
         ov = require("openvino", extra="openvino", what="the OpenVINO backend")
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such OpenVINO model file")
+        if loaded_allocator() == "tcmalloc":  # an abort that no Python code could catch or explain
+            raise RuntimeError(f"{self.path}: OpenVINO aborts in a process with tcmalloc preloaded (LD_PRELOAD); "
+                               "run it without, e.g. FCNSEG_ALLOCATOR=system and LD_PRELOAD unset")
         core = ov.Core()
         try:
             ir = core.read_model(str(self.path))

@@ -83,3 +83,28 @@ def test_the_command_line_restarts_before_importing_torch():
         import fcnseg
 
         fcnseg.nothing  # noqa: B018
+
+
+@pytest.mark.skipif(find_tcmalloc() is None or not sys.platform.startswith("linux"), reason="no tcmalloc here")
+def test_commands_that_may_run_openvino_keep_the_system_allocator(tmp_path, module_shapes, tiny_model_file):
+    """OpenVINO's runtime aborts under a preloaded tcmalloc ("free(): invalid pointer"): predict with --backend
+    openvino or auto keeps glibc's malloc, torch still restarts, and a process that has tcmalloc anyway is told so
+    in one line instead of dying."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FCNSEG_ALLOCATOR", "FCNSEG_BACKEND"))}
+    env.update(OMP_NUM_THREADS="1", FCNSEG_CACHE=str(tmp_path / "cache"))
+    images = str(module_shapes / "images" / "val")
+
+    def predict(backend: str, out: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fcnseg.cli", "predict", images, "--model", str(tiny_model_file),
+                               "--backend", backend, "--quiet", "--out", str(tmp_path / out)],
+                              capture_output=True, text=True, env={**env, **extra}, cwd=REPO, timeout=300)
+
+    for backend, allocator in (("openvino", "system"), ("auto", "system"), ("torch", "tcmalloc")):
+        r = predict(backend, backend)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.splitlines()[-1].endswith(f"memory allocator: {allocator}"), r.stdout
+    r = predict("openvino", "preloaded", LD_PRELOAD=str(find_tcmalloc()), FCNSEG_ALLOCATOR="system")
+    assert r.returncode == 2 and r.stderr.strip().endswith(
+        "OpenVINO aborts in a process with tcmalloc preloaded (LD_PRELOAD); run it without, e.g. "
+        "FCNSEG_ALLOCATOR=system and LD_PRELOAD unset"), r.stderr
+    assert not (tmp_path / "preloaded").exists()
