@@ -49,6 +49,7 @@ def _steps(out):
         return [int(r["step"]) for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow  # about 30 s: a real run that must outlast its budget
 def test_a_budget_stops_the_run_in_time_and_its_config_records_the_plan(tmp_path, shapes, capsys):
     budget_min, cap = 0.4, 10000 * 3  # 6 images at batch 2: far more steps than 24 s allow
     cfg = load_config(None, tiny(shapes, tmp_path, epochs=10000, max_steps=None, val_every=20,

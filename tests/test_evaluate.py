@@ -130,6 +130,7 @@ def test_predict_cli_writes_labels_overlays_and_shares(tmp_path, shapes, model_f
         assert lab.size == (64, 48)
 
 
+@pytest.mark.slow  # test_bad_input.py checks the same through the command line in make test
 def test_predict_bad_input_is_reported_and_skipped(tmp_path, shapes, model_file):
     r = _cli("predict", str(tmp_path / "missing.png"), "--model", str(model_file), "--out", str(tmp_path / "o1"))
     assert r.returncode == 1 and "missing.png: no such image file" in r.stderr

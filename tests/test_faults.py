@@ -131,6 +131,7 @@ def _small_disk(where: Path, megabytes: int):
             subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+@pytest.mark.slow
 def test_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
     """The second checkpoint does not fit (an atomic write needs room for the old file and the new one): the run
     stops, exit 2, one line naming last.pt and ENOSPC; the first checkpoint is intact and resumes once there

@@ -16,7 +16,7 @@ def _trained_like(model):
     return model.eval()
 
 
-@pytest.mark.parametrize("backbone", ["vgg16", "resnet18"])
+@pytest.mark.parametrize("backbone", [pytest.param("vgg16", marks=pytest.mark.slow), "resnet18"])
 def test_new_skip_adds_exactly_zero_and_agrees_with_its_parent(backbone, record_property):
     torch.manual_seed(0)
     m32 = _trained_like(fcnseg.build_model("fcn32s", backbone, 6))
@@ -45,7 +45,7 @@ def test_new_skip_adds_exactly_zero_and_agrees_with_its_parent(backbone, record_
     assert agree16 > 0.9 and agree8 > 0.9
 
 
-@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "vgg16"])
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", pytest.param("vgg16", marks=pytest.mark.slow)])
 def test_finer_skips_grow_from_fcn8s_adding_exactly_zero(backbone, record_property):
     """8s -> 4s -> 2s as the paper grows 32s -> 16s -> 8s: the new score layer (score_pool2, score_pool1) starts
     at zero, everything else is copied, and only the extra bilinear step moves the labels."""
