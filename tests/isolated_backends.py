@@ -123,7 +123,8 @@ def test_a_backend_that_cannot_run_the_file_or_is_unknown_says_so(tiny_model_fil
     with pytest.raises(ValueError, match=r"m.onnx: a .onnx file runs with --backend onnxruntime or openvino, not "
                                          r"torch"):
         fcnseg.load(onnx, backend="torch")
-    with pytest.raises(ValueError, match="unknown backend 'tensorrt'; valid: torch, compiled, onnxruntime, openvino"):
+    with pytest.raises(ValueError,
+                       match="unknown backend 'tensorrt'; valid: auto, torch, compiled, onnxruntime, openvino"):
         fcnseg.load(tiny_model_file, backend="tensorrt")
     assert main(["predict", str(tmp_path), "--model", str(onnx), "--backend", "compiled", "--out",
                  str(tmp_path / "o")]) == 2
