@@ -59,26 +59,26 @@ class PretrainedModel:
         return self.path.is_file()
 
 
-def _camvid_lite0(name: str, arch: str, alignment: str, selection: str = "", **val) -> PretrainedModel:
-    """A CamVid (11 classes) FCN on EfficientNet-Lite0 shipped as ``weights/NAME.safetensors`` with the card
-    ``weights/NAME.md``, trained by ``configs/NAME.yaml``; ``val``: its CamVid val scores in [0, 1] (those of
-    ``selection`` for a final model)."""
+def _camvid(name: str, arch: str, alignment: str, selection: str = "", backbone: str = "efficientnet_lite0",
+            **val) -> PretrainedModel:
+    """A CamVid (11 classes) FCN shipped as ``weights/NAME.safetensors`` with the card ``weights/NAME.md``,
+    trained by ``configs/NAME.yaml``; ``val``: its CamVid val scores in [0, 1] (those of ``selection`` for a
+    final model)."""
     return PretrainedModel(
         name, f"{name}.safetensors", f"{name}.md", recipe=f"fcnseg train --config configs/{name}.yaml",
         metrics=MappingProxyType({"dataset": f"camvid:val ({selection})" if selection else "camvid:val", **val}),
-        spec=MappingProxyType({"arch": arch, "backbone": "efficientnet_lite0", "num_classes": 11,
+        spec=MappingProxyType({"arch": arch, "backbone": backbone, "num_classes": 11,
                                "task": "multiclass", "alignment": alignment}), selection=selection)
 
 
 _SELECTED = {"pixel_acc": 0.935, "mean_acc": 0.859, "mean_iu": 0.729, "fw_iu": 0.886}  # camvid-fcn4s-lite0's
 PRETRAINED: Mapping[str, PretrainedModel] = MappingProxyType({m.name: m for m in (
     # The default: the recipe and schedule chosen on val, trained again on train+val (468 images).
-    _camvid_lite0("camvid-fcn4s-lite0-trainval", "fcn4s", "exact", selection="camvid-fcn4s-lite0", **_SELECTED),
+    _camvid("camvid-fcn4s-lite0-trainval", "fcn4s", "exact", selection="camvid-fcn4s-lite0", **_SELECTED),
     # Its selection run, trained on train alone: the val scores are held-out figures.
-    _camvid_lite0("camvid-fcn4s-lite0", "fcn4s", "exact", **_SELECTED),
+    _camvid("camvid-fcn4s-lite0", "fcn4s", "exact", **_SELECTED),
     # fcnseg 0.1's model, kept for those who name it: run as a legacy model (inputs padded to a multiple of 32).
-    _camvid_lite0("camvid-fcn8s-lite0", "fcn8s", "legacy", pixel_acc=0.925, mean_acc=0.844, mean_iu=0.712,
-                  fw_iu=0.871),
+    _camvid("camvid-fcn8s-lite0", "fcn8s", "legacy", pixel_acc=0.925, mean_acc=0.844, mean_iu=0.712, fw_iu=0.871),
 )})
 
 

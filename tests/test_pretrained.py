@@ -56,7 +56,7 @@ def test_shipped_file_is_small_safetensors_with_a_model_card(name):
 def test_it_carries_classes_palette_and_preprocessing(model, name):
     spec = PRETRAINED[name].spec
     assert {k: v for k, v in model.spec.to_dict().items() if k in spec} == dict(spec)
-    assert model.arch == spec["arch"] and model.backbone == "efficientnet_lite0" and not model.training
+    assert model.arch == spec["arch"] and model.backbone == spec["backbone"] and not model.training
     assert model.class_names == CAMVID_CLASSES
     assert [tuple(c) for c in model.palette] == CAMVID_PALETTE
     assert model.preprocessing.name == "tf-lite" and model.preprocessing.scale == 255.0
