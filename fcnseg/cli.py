@@ -18,6 +18,8 @@ BACKENDS = ("auto", "torch", "compiled", "onnxruntime", "openvino")
 
 def _cmd_models(args: argparse.Namespace) -> int:
     """Lists every (arch, backbone) with its parameter count and, with --time, a forward pass time."""
+    if args.pretrained:
+        return _list_pretrained()
     import torch
 
     from .models import ARCHS, BACKBONES, build_model, count_parameters
@@ -49,6 +51,22 @@ def _cmd_models(args: argparse.Namespace) -> int:
                         times.append(time.perf_counter() - t)
                 line += f" {1000 * sorted(times)[len(times) // 2]:20.1f}"
             print(line, flush=True)
+    return 0
+
+
+def _list_pretrained() -> int:
+    """``fcnseg models --pretrained``: the shipped models, their trunk, held-out CamVid val mean IU, file size (MB)
+    and whether this installation holds the file; the default is marked."""
+    from .pretrained import DEFAULT_MODEL, PRETRAINED, held_out
+
+    print(f"{'name':30s} {'arch':6s} {'backbone':18s} {'val mean IU':>11s} {'MB':>5s}  note")
+    for name, m in PRETRAINED.items():
+        iu = f"{100 * m.metrics['mean_iu']:.1f}" if "mean_iu" in m.metrics else "-"
+        size = f"{m.path.stat().st_size / 1e6:.1f}" if m.available() else "-"
+        notes = ["default"] if name == DEFAULT_MODEL else []
+        notes += [f"trained on train+val; val score of {held_out(name)}"] if m.selection else []
+        notes += [] if m.available() else ["weights missing from this installation"]
+        print(f"{name:30s} {m.spec['arch']:6s} {m.spec['backbone']:18s} {iu:>11s} {size:>5s}  {'; '.join(notes)}")
     return 0
 
 
@@ -421,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_models(sub) -> None:
     """``fcnseg models``: architectures and backbones with parameter counts (and forward times)."""
     m = sub.add_parser("models", help="list architectures and backbones with parameter counts")
+    m.add_argument("--pretrained", action="store_true",
+                   help="list the shipped pretrained models instead (name, trunk, val mean IU, size)")
     m.add_argument("--backbone", action="append", help="only this backbone (repeatable)")
     m.add_argument("--num-classes", type=int, default=21)
     m.add_argument("--time", action="store_true", help="also time one forward pass (median)")
