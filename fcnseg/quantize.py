@@ -13,10 +13,10 @@ Kept in fp32 because it measurably saves accuracy: on both routes the first conv
 normalised photo); on ONNX Runtime's also the depthwise (grouped) convolutions. On fcnseg 0.1's CamVid Lite0 model,
 calibrated on 10 CamVid train images, labels equal to fp32's on 6 val images with ONNX Runtime: every convolution
 in int8 74-77 % of pixels (min-max calibration); the first one in fp32 96.4 % (97.4 % with percentile calibration);
-it and the depthwise ones in fp32 99.4 %. NNCF's int8 depthwise convolutions keep the labels (camvid-fcn4s-lite0,
-32 calibration images: 99.27 % with only the stem in fp32, 99.55 % with the depthwise ones too) and are faster
-(7.9 against 10.0 ms at 360x480), so OpenVINO keeps only the stem. The pointwise convolutions, which hold most of
-the multiply-adds, are int8 on both routes.
+it and the depthwise ones in fp32 99.4 %. NNCF's int8 depthwise convolutions keep the labels (camvid-fcn4s-lite0's
+60-epoch weights, 32 calibration images: 99.27 % with only the stem in fp32, 99.55 % with the depthwise ones too)
+and are faster (7.9 against 10.0 ms at 360x480), so OpenVINO keeps only the stem. The pointwise convolutions,
+which hold most of the multiply-adds, are int8 on both routes.
 
 The accuracy check runs the fp32 export and the int8 file on the calibration images: the share of pixels with
 equal labels and the mean IU of each against the ground truth. Beyond ``MIN_AGREEMENT`` or ``MAX_IU_DROP``
