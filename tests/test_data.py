@@ -253,3 +253,29 @@ def test_epoch_batches_shuffle_per_epoch_and_shard_by_rank():
     r1 = epoch_batches(9, 1, 0, 0, rank=1, world=2, drop_last=False)
     assert len(r0) == len(r1) == 5
     assert {k[0][0] for k in r0 + r1} == set(range(9))  # all covered (one repeated to even the shards)
+
+
+def test_rare_class_crops_contain_the_weighted_class_and_uniform_crops_miss_it():
+    """A 4x4 patch of class 1 in a 96x96 image of class 0: every class-placed crop (weight on class 1 only)
+    holds some of it, at varied places in the crop; uniform crops mostly miss it. Pixels of other classes
+    get no more weight than their class's, and a zero-weight image falls back to a uniform crop."""
+    lab = torch.zeros(96, 96, dtype=torch.int64)
+    lab[80:84, 8:12] = 1
+    img = torch.zeros(3, 96, 96, dtype=torch.uint8)
+    placed = train_transforms(scale=None, crop=(24, 24), flip=False, rare_class_crops=1.0, class_weights=[0.0, 1.0])
+    uniform = train_transforms(scale=None, crop=(24, 24), flip=False)
+    hits, where = [], set()
+    for seed in range(60):
+        _, y = seeded(lambda: placed(img, lab), seed)
+        hits.append(bool((y == 1).any()))
+        where.add(tuple(torch.nonzero(y == 1)[0].tolist()) if hits[-1] else None)
+    assert all(hits) and len(where) > 10
+    missed = sum(not bool((seeded(lambda: uniform(img, lab), s)[1] == 1).any()) for s in range(60))
+    assert missed > 40
+    no_weight = train_transforms(scale=None, crop=(24, 24), flip=False, rare_class_crops=1.0, class_weights=[0.0, 0.0])
+    _, y = seeded(lambda: no_weight(img, lab), 0)
+    assert y.shape == (24, 24)
+    with pytest.raises(ValueError, match="rare_class_crops needs a crop size"):
+        train_transforms(crop=None, rare_class_crops=0.5, class_weights=[1.0])
+    with pytest.raises(ValueError, match="p in"):
+        train_transforms(crop=(8, 8), rare_class_crops=1.5, class_weights=[1.0])

@@ -116,6 +116,10 @@ def test_config_errors(tmp_path):
         load_config(None, ["bogus=1"])
     with pytest.raises(ValueError, match="not key=value"):
         load_config(None, ["epochs"])
+    with pytest.raises(ValueError, match="rare_class_crops must be in"):
+        load_config(overrides=["rare_class_crops=2"])
+    with pytest.raises(ValueError, match="rare_class_crops needs crop"):
+        load_config(overrides=["rare_class_crops=0.5", "crop=null"])
     with pytest.raises(ValueError, match="optimizer must be"):
         load_config(None, ["optimizer=adam"])
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
@@ -254,3 +258,22 @@ def test_train_state_round_trips_through_a_checkpoint_dict_with_the_rng():
     restored.load_state_dict(saved)
     assert restored == state
     assert torch.equal(torch.rand(3), drawn[0]) and random.random() == drawn[1]  # the same numbers again
+
+
+def test_rare_class_crops_are_placed_by_the_training_splits_median_frequency_weights(tmp_path):
+    """``rare_class_crops`` builds a ``RareClassCrop`` whose weights are the split's median-frequency weights
+    (the rarest class weighs most); without it the crop is v2's uniform ``RandomCrop``."""
+    from fcnseg.data.transforms import RareClassCrop
+    from fcnseg.train.data import median_frequency_weights, train_augmentation
+    shapes = make_shapes(tmp_path / "shapes", n=8, splits=True)
+    cfg = load_config(None, tiny(shapes, tmp_path / "run", rare_class_crops=0.5))
+    ds = build_dataset("folder", shapes, "train")
+    ds.check()
+    crops = [op for op in train_augmentation(cfg, ds).pipeline.transforms if isinstance(op, RareClassCrop)]
+    assert len(crops) == 1 and crops[0].p == 0.5
+    counts = ds.class_frequencies()
+    weights = crops[0].class_weights
+    torch.testing.assert_close(weights, median_frequency_weights(counts).double())
+    assert int(weights.argmax()) == int(np.argmin(counts))
+    plain = load_config(None, tiny(shapes, tmp_path / "run"))
+    assert not any(isinstance(op, RareClassCrop) for op in train_augmentation(plain, ds).pipeline.transforms)

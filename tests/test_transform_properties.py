@@ -21,14 +21,17 @@ def _labels(h: int, w: int, bh: int, bw: int, shift: int) -> np.ndarray:
 
 @settings(max_examples=30, deadline=None)
 @given(h=st.integers(4, 40), w=st.integers(4, 40), ch=st.integers(4, 48), cw=st.integers(4, 48),
-       flip=st.booleans(), seed=st.integers(0, 2**31 - 1), shift=st.integers(0, 2))
-def test_crop_and_flip_move_each_label_with_its_pixel(h, w, ch, cw, flip, seed, shift):
+       flip=st.booleans(), seed=st.integers(0, 2**31 - 1), shift=st.integers(0, 2),
+       rare=st.sampled_from([0.0, 0.5, 1.0]))
+def test_crop_and_flip_move_each_label_with_its_pixel(h, w, ch, cw, flip, seed, shift, rare):
     """The image encodes each pixel's source (row, column): every output pixel's label is its source's label,
-    padding is image 0 with label 255, and the sources form one translated (or mirrored) window."""
+    padding is image 0 with label 255, and the sources form one translated (or mirrored) window; uniform
+    and class-placed (``rare_class_crops``) crops alike."""
     lab = _labels(h, w, 3, 4, shift)
     yy, xx = np.mgrid[:h, :w]
     img = np.stack([yy + 1, xx + 1, lab + 1], 0).astype(np.uint8)  # +1: 0 is the crop's padding
-    t = train_transforms(scale=None, crop=(ch, cw), flip=flip)
+    t = train_transforms(scale=None, crop=(ch, cw), flip=flip, rare_class_crops=rare,
+                         class_weights=[1.0, 2.0, 5.0] if rare else None)
     x, y = seeded(lambda: t(torch.from_numpy(img), torch.from_numpy(lab)), seed)
     assert x.shape == (3, ch, cw) and y.shape == (ch, cw)
     src = (x * 255).round().long().numpy()

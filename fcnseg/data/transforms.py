@@ -36,6 +36,68 @@ class RandomScale(v2.Transform):
         return F.resize(inpt, params["size"], antialias=True)
 
 
+class RareClassCrop(v2.Transform):
+    """A random ``(H, W)`` crop that, with probability ``p``, is placed to contain one pixel of a class drawn by
+    ``class_weights`` among the classes in the image (uniform among that class's pixels, the pixel anywhere in
+    the crop); otherwise, and where the labels are not one ``(H, W)`` map, a uniform random crop. Images
+    smaller than the crop are padded at bottom/right (image 0, labels 255), as ``pad_collate`` does.
+
+    Thin and rare classes (CamVid's poles, signs, bicyclists) then fill crops more often than their pixel share
+    gives them: class-balanced crop sampling, after the rare-class sampling of Hoyer et al., "DAFormer" (CVPR
+    2022, section 3.3), done per crop rather than per image.
+
+    Args:
+        size: ``(H, W)`` of the crop, pixels.
+        p: probability of a class-placed crop, in [0, 1].
+        class_weights: one non-negative sampling weight per class (index = trainId), e.g. median-frequency
+            weights; classes beyond its length, and the ignore index, are never drawn.
+
+    Raises:
+        ValueError: ``p`` outside [0, 1], a size below 1 or a negative weight.
+    """
+
+    def __init__(self, size: tuple[int, int], p: float, class_weights) -> None:
+        super().__init__()
+        self.size = (int(size[0]), int(size[1]))
+        self.p = float(p)
+        self.class_weights = torch.as_tensor(class_weights, dtype=torch.float64)
+        if not 0 <= self.p <= 1 or min(self.size) < 1 or bool((self.class_weights < 0).any()):
+            raise ValueError(f"RareClassCrop needs size >= 1, p in [0, 1] and weights >= 0; got {size}, {p}")
+
+    def make_params(self, flat_inputs: list) -> dict:
+        mask = next(x for x in flat_inputs if isinstance(x, tv_tensors.Mask))
+        h, w = mask.shape[-2:]
+        th, tw = self.size
+        ph, pw = max(th - h, 0), max(tw - w, 0)
+        hh, ww = h + ph, w + pw
+        point = self._point(mask) if float(torch.rand(())) < self.p else None
+        if point is None:
+            top, left = int(torch.randint(hh - th + 1, ())), int(torch.randint(ww - tw + 1, ()))
+        else:  # the window's corner uniform among those that keep the pixel inside
+            y, x = point
+            top = int(torch.randint(max(0, y - th + 1), min(y, hh - th) + 1, ()))
+            left = int(torch.randint(max(0, x - tw + 1), min(x, ww - tw) + 1, ()))
+        return {"pad": [0, 0, pw, ph], "top": top, "left": left}
+
+    def _point(self, mask: torch.Tensor) -> tuple[int, int] | None:
+        if mask.ndim != 2:
+            return None
+        present = torch.unique(mask)
+        present = present[(present >= 0) & (present < len(self.class_weights))]
+        weights = self.class_weights[present]
+        if present.numel() == 0 or float(weights.sum()) <= 0:
+            return None
+        c = present[torch.multinomial(weights, 1)]
+        ys, xs = torch.nonzero(mask == c, as_tuple=True)
+        k = int(torch.randint(len(ys), ()))
+        return int(ys[k]), int(xs[k])
+
+    def transform(self, inpt, params: dict):
+        if any(params["pad"]):
+            inpt = F.pad(inpt, params["pad"], fill=IGNORE if isinstance(inpt, tv_tensors.Mask) else 0)
+        return F.crop(inpt, params["top"], params["left"], *self.size)
+
+
 class Joint:
     """Applies a v2 pipeline to ``(uint8 (3,H,W) image, int64 (H,W) labels)`` and returns plain tensors:
     a float image in [0, 1] and int64 labels."""
@@ -57,7 +119,8 @@ def _resize(size: tuple[int, int] | None) -> list:
 
 
 def train_transforms(scale: tuple[float, float] | None = (0.5, 2.0), crop: tuple[int, int] | None = None,
-                     flip: bool = True, color_jitter: float = 0.0, resize: tuple[int, int] | None = None) -> Joint:
+                     flip: bool = True, color_jitter: float = 0.0, resize: tuple[int, int] | None = None,
+                     rare_class_crops: float = 0.0, class_weights=None) -> Joint:
     """Training augmentation.
 
     Args:
@@ -67,11 +130,20 @@ def train_transforms(scale: tuple[float, float] | None = (0.5, 2.0), crop: tuple
         crop: ``(H, W)`` random crop, padded where the image is smaller (None: whole images).
         flip: random horizontal mirroring.
         color_jitter: brightness/contrast/saturation strength (0: off); hue moves by a fifth of it.
+        rare_class_crops: probability that a crop is placed on a pixel of a class drawn by ``class_weights``
+            (``RareClassCrop``; 0: uniform crops only). Needs ``crop`` and ``class_weights``.
+
+    Raises:
+        ValueError: ``rare_class_crops`` > 0 without ``crop`` or ``class_weights``.
     """
     ops: list = _resize(resize)
     if scale is not None and tuple(scale) != (1.0, 1.0):
         ops.append(RandomScale(tuple(scale)))
-    if crop is not None:
+    if rare_class_crops and (crop is None or class_weights is None):
+        raise ValueError("rare_class_crops needs a crop size and per-class sampling weights")
+    if rare_class_crops:
+        ops.append(RareClassCrop(tuple(crop), rare_class_crops, class_weights))
+    elif crop is not None:
         ops.append(v2.RandomCrop(tuple(crop), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}))
     if flip:
         ops.append(v2.RandomHorizontalFlip())

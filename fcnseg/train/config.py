@@ -28,7 +28,9 @@ class TrainConfig:
     validation), ``dataset_options`` (extra builder arguments, e.g. ``sbd_root``), ``skip_bad``.
     Augmentation: ``resize`` ([H, W]: train and validate on copies of the images resized to this, e.g. to fit
     a CPU budget; None keeps the files' size), ``crop`` ([H, W] or None for whole images), ``scale`` ([lo, hi]
-    or None), ``flip``, ``color_jitter``.
+    or None), ``flip``, ``color_jitter``, ``rare_class_crops`` (probability in [0, 1] that a crop is placed on
+    a pixel of a class drawn by the training split's median-frequency weights, so that rare and thin classes
+    fill more crops: ``fcnseg.data.transforms.RareClassCrop``; 0: uniform crops).
     Optimisation: ``epochs``, ``max_steps`` (the run takes ``min(epochs x steps per epoch, max_steps)`` steps and
     the poly schedule decays over exactly those: an iteration schedule is a large ``epochs`` and ``max_steps``),
     ``time_budget_min`` (minutes of wall time from the start of training to the end of the last validation,
@@ -71,6 +73,7 @@ class TrainConfig:
     scale: list | None = field(default_factory=lambda: [0.5, 2.0])
     flip: bool = True
     color_jitter: float = 0.0
+    rare_class_crops: float = 0.0
     epochs: int = 50
     max_steps: int | None = None
     time_budget_min: float | None = None
@@ -245,6 +248,9 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.ema_decay is None or 0 < cfg.ema_decay < 1, f"ema_decay must be in (0, 1) or null, got {cfg.ema_decay}"),
         (cfg.crop is None or len(cfg.crop) == 2, f"crop must be [H, W] or null, got {cfg.crop}"),
         (cfg.resize is None or len(cfg.resize) == 2, f"resize must be [H, W] or null, got {cfg.resize}"),
+        (0 <= cfg.rare_class_crops <= 1, f"rare_class_crops must be in [0, 1], got {cfg.rare_class_crops}"),
+        (not cfg.rare_class_crops or (cfg.crop is not None and cfg.task != "multilabel"),
+         "rare_class_crops needs crop: [H, W] and one label per pixel (not task: multilabel)"),
         (cfg.boundary_width >= 0, f"boundary_width must be >= 0, got {cfg.boundary_width}"),
         (cfg.scale is None or len(cfg.scale) == 2, f"scale must be [lo, hi] or null, got {cfg.scale}"),
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),

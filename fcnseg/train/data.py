@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import MultilabelDataset, build_dataset, eval_transforms
+from ..data import MultilabelDataset, build_dataset, eval_transforms, train_transforms
 from ..data.transforms import seeded
 from .config import TrainConfig
 
@@ -95,6 +95,15 @@ def build_data(cfg: TrainConfig, main: bool = True):
         raise DatasetError(errors[0])
     return train_ds, val_ds
 
+
+
+def train_augmentation(cfg: TrainConfig, train_ds):
+    """The training transform ``cfg`` asks for (``fcnseg.data.train_transforms``); with ``rare_class_crops``,
+    crops are placed by the training split's median-frequency weights (``median_frequency_weights``)."""
+    weights = median_frequency_weights(train_ds.class_frequencies()) if cfg.rare_class_crops else None
+    return train_transforms(tuple(cfg.scale) if cfg.scale else None, tuple(cfg.crop) if cfg.crop else None,
+                            cfg.flip, cfg.color_jitter, resize=tuple(cfg.resize) if cfg.resize else None,
+                            rare_class_crops=cfg.rare_class_crops, class_weights=weights)
 
 
 def class_weights(cfg: TrainConfig, train_ds, device: torch.device) -> torch.Tensor | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import pad_collate, train_transforms
+from ..data import pad_collate
 from ..evaluate import evaluate as evaluate_model
 from ..evaluate import format_table, write_report
 from ..io.atomic import WriteError, stale_temp_files
@@ -28,7 +28,7 @@ from ..runtime.distributed import finish_distributed, setup_distributed
 from .budget import PROBE_STEPS, steps_within, validation_estimate
 from .callbacks import Callback
 from .config import TrainConfig
-from .data import Augmented, build_data, class_weights, epoch_batches
+from .data import Augmented, build_data, class_weights, epoch_batches, train_augmentation
 from .ema import make_ema
 from .logs import TrainLogger, brief_scores, eta, progress_bar, startup_line
 from .model import LRFactor, build, check_batchnorm, make_optimizer, param_groups, train_mode
@@ -115,10 +115,8 @@ def setup(cfg: TrainConfig, callbacks: tuple[Callback, ...] = ()) -> Run:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    resize = tuple(cfg.resize) if cfg.resize else None
-    aug = train_transforms(tuple(cfg.scale) if cfg.scale else None, tuple(cfg.crop) if cfg.crop else None,
-                           cfg.flip, cfg.color_jitter, resize=resize)
     train_ds, val_ds = build_data(cfg, rank == 0)
+    aug = train_augmentation(cfg, train_ds)
     model = build(cfg, train_ds.class_names, train_ds.palette).to(device)
     check_batchnorm(model, cfg)
     loss_fn = build_loss(cfg.loss, cfg.task, weight=class_weights(cfg, train_ds, device),
