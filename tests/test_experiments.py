@@ -66,3 +66,23 @@ def test_resize_changes_what_the_net_sees(tmp_path, split):
     image, labels = ds[0]
     assert image.shape == (3, 24, 40) and labels.shape == (24, 40)
     assert set(labels.unique().tolist()) <= {0, 1, 2}  # nearest-neighbour: no new label values
+
+
+def test_camvid_poles_split_reads_poles_as_the_foreground(shared_data, tmp_path):
+    """The second thin-structure split links (never copies) 20 CamVid train and all 101 val images, and the
+    folder dataset reads CamVid's pole pixels (label 2) as class 1, void as ignored, everything else as 0."""
+    import numpy as np
+    from PIL import Image
+    spec = importlib.util.spec_from_file_location("poles", REPO / "experiments" / "camvid_poles" / "make_split.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    train, val = mod.make_split(shared_data / "camvid", tmp_path / "poles", 20)
+    assert len(train) == len(set(train)) == 20 and len(val) == 101
+    assert all(p.is_symlink() for p in (tmp_path / "poles" / "images" / "train").iterdir())
+    ds = build_dataset("folder", tmp_path / "poles", "train")
+    assert ds.num_classes == 2 and len(ds) == 20
+    raw = np.array(Image.open(shared_data / "camvid" / "trainannot" / train[0]))
+    _, labels = ds.tensors(0)
+    labels = labels.numpy()
+    np.testing.assert_array_equal(labels == 1, raw == 2)
+    np.testing.assert_array_equal(labels == 255, raw == 11)
