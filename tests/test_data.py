@@ -257,8 +257,8 @@ def test_epoch_batches_shuffle_per_epoch_and_shard_by_rank():
 
 def test_rare_class_crops_contain_the_weighted_class_and_uniform_crops_miss_it():
     """A 4x4 patch of class 1 in a 96x96 image of class 0: every class-placed crop (weight on class 1 only)
-    holds some of it, at varied places in the crop; uniform crops mostly miss it. Pixels of other classes
-    get no more weight than their class's, and a zero-weight image falls back to a uniform crop."""
+    holds some of it, at varied places in the crop; uniform crops mostly miss it. An image whose classes all
+    weigh 0 still gets a crop of the asked size (the uniform fallback); bad arguments are refused."""
     lab = torch.zeros(96, 96, dtype=torch.int64)
     lab[80:84, 8:12] = 1
     img = torch.zeros(3, 96, 96, dtype=torch.uint8)

@@ -15,11 +15,16 @@ from fcnseg.data import build_dataset, eval_transforms, train_transforms
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _runner():
-    spec = importlib.util.spec_from_file_location("experiments_run", REPO / "experiments" / "run.py")
+def _script(name: str, path: str):
+    """The module of a script under experiments/ (they are run as files, not imported as a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _runner():
+    return _script("experiments_run", "run.py")
 
 
 def test_every_arm_config_loads():
@@ -73,9 +78,7 @@ def test_camvid_poles_split_reads_poles_as_the_foreground(shared_data, tmp_path)
     folder dataset reads CamVid's pole pixels (label 2) as class 1, void as ignored, everything else as 0."""
     import numpy as np
     from PIL import Image
-    spec = importlib.util.spec_from_file_location("poles", REPO / "experiments" / "camvid_poles" / "make_split.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script("camvid_poles_split", "camvid_poles/make_split.py")
     train, val = mod.make_split(shared_data / "camvid", tmp_path / "poles", 20)
     assert len(train) == len(set(train)) == 20 and len(val) == 101
     assert all(p.is_symlink() for p in (tmp_path / "poles" / "images" / "train").iterdir())
