@@ -41,6 +41,20 @@ def heavy_unless(keep: bool, *values, id: str | None = None):
     return pytest.param(*values, id=id, marks=() if keep else pytest.mark.slow)
 
 
+def each_once(pairs: list[tuple[str, str]], first: tuple[tuple[str, str], ...] = ()) -> set[tuple[str, str]]:
+    """A few of ``pairs`` (arch, backbone) in which every arch and every backbone of ``pairs`` appears: ``first``,
+    then pairs of two names not yet seen, then pairs of one. Checks whose cost is a model per pair run these in
+    ``make test`` and the whole product in ``make test-slow`` (a head's code is shared by every trunk, and a
+    trunk's by every head)."""
+    kept: set[tuple[str, str]] = set()
+    for both_new in (True, False):
+        for pair in [*first, *pairs]:
+            seen = [any(pair[i] == k[i] for k in kept) for i in (0, 1)]
+            if pair in pairs and not all(seen) and (not any(seen) or not both_new):
+                kept.add(pair)
+    return kept
+
+
 @cache
 def cached_model(arch: str, backbone: str, num_classes: int = 5) -> fcnseg.FCN:
     """Models are expensive to build (VGG16: 134M parameters); tests that only read them share one."""

@@ -11,6 +11,7 @@ The same property on real weights: translating the image translates the labels, 
 """
 
 import copy
+import functools
 
 import numpy as np
 import pytest
@@ -61,6 +62,7 @@ def _offset(model: fcnseg.FCN, h: int, w: int) -> tuple[float, float]:
     return (float((g.sum(1) * rows).sum() / g.sum()) - r, float((g.sum(0) * cols).sum() / g.sum()) - c)
 
 
+@functools.lru_cache(maxsize=8)  # tests read it (or a linearised deep copy) only; VGG16 takes seconds to build
 def _model(arch: str, backbone: str, padding: str | None = None) -> fcnseg.FCN:
     torch.manual_seed(0)
     return fcnseg.build_model(arch, backbone, 2, padding=padding)
@@ -142,11 +144,10 @@ def test_a_skip_crop_off_by_one_is_detected():
 def test_vgg16_paper_crops_come_out_as_the_authors():
     """The authors' prototxts crop score_pool4 at 5, score_pool3 at 9 and the output at 31 (FCN-8s),
     19 (FCN-32s) and 27 (FCN-16s); fcnseg derives them from the layers."""
-    assert fcnseg.build_model("fcn8s", "vgg16", 2).skip_crops == [5, 9]
-    assert fcnseg.build_model("fcn8s", "vgg16", 2).final_crop == 31
-    assert fcnseg.build_model("fcn16s", "vgg16", 2).final_crop == 27
-    assert fcnseg.build_model("fcn32s", "vgg16", 2).final_crop == 19
-    alex = fcnseg.build_model("fcn32s", "alexnet", 2)
+    assert _model("fcn8s", "vgg16").skip_crops == [5, 9] and _model("fcn8s", "vgg16").final_crop == 31
+    assert _model("fcn16s", "vgg16").final_crop == 27
+    assert _model("fcn32s", "vgg16").final_crop == 19
+    alex = _model("fcn32s", "alexnet")
     assert (alex.upscore.kernel_size, alex.final_crop) == (63, 18)  # the authors' FCN-AlexNet
 
 
@@ -171,14 +172,14 @@ def test_size_dependent_padding_is_refused():
         fcnseg.build_model("fcn8s", "efficientnet_lite0", 2, padding="tf")
 
 
-@pytest.mark.parametrize("size", [(1, 1), (7, 5), (31, 33), (33, 17)])
 @pytest.mark.parametrize("arch,backbone", [("fcn8s", b) for b in fcnseg.BACKBONES]
                          + [("fcn2s", b) for b in fcnseg.BACKBONES if b != "alexnet"] + [("fcn4s", "alexnet")])
-def test_tiny_inputs_give_scores_of_their_size(arch, backbone, size):
+def test_tiny_inputs_give_scores_of_their_size(arch, backbone):
     model = _model(arch, backbone).eval()
-    with torch.inference_mode():
-        out = model(torch.rand(1, 3, *size))
-    assert out.shape == (1, 2, *size) and torch.isfinite(out).all()
+    for size in [(1, 1), (7, 5), (31, 33), (33, 17)]:
+        with torch.inference_mode():
+            out = model(torch.rand(1, 3, *size))
+        assert out.shape == (1, 2, *size) and torch.isfinite(out).all(), size
 
 
 def test_legacy_models_see_inputs_padded_to_a_multiple_of_32():

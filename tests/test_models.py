@@ -1,4 +1,5 @@
-"""One parametrised class run over every (arch, backbone)."""
+"""Two parametrised classes: one over every (arch, backbone), one over a set with every arch and every
+backbone in it (the whole product in `make test-slow`)."""
 
 import copy
 import itertools
@@ -6,7 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers import cached_model, heavy_unless
+from helpers import cached_model, each_once, heavy_unless
 
 import fcnseg
 from fcnseg.models import count_parameters
@@ -14,9 +15,14 @@ from fcnseg.models.spec import ModelSpec
 from fcnseg.models.trunks import Trunk
 
 # AlexNet has no stride-2 features, so no FCN-2s (refused: tests/test_alignment.py).
+ALL = [(a, b) for a, b in itertools.product(fcnseg.ARCHS, fcnseg.BACKBONES) if (a, b) != ("fcn2s", "alexnet")]
 # Of VGG16, only the paper's FCN-8s runs in `make test`; its other heads run in `make test-slow`.
-PAIRS = [heavy_unless(b != "vgg16" or a == "fcn8s", a, b, id=f"{a}-{b}")
-         for a, b in itertools.product(fcnseg.ARCHS, fcnseg.BACKBONES) if (a, b) != ("fcn2s", "alexnet")]
+PAIRS = [heavy_unless(b != "vgg16" or a == "fcn8s", a, b, id=f"{a}-{b}") for a, b in ALL]
+# Every head and every trunk once in `make test` (the paper's FCN-8s VGG16 and the shipped FCN-4s Lite0 among
+# them), the whole product in `make test-slow`.
+_ONCE = each_once([(a, b) for a, b in ALL if b != "vgg16" or a == "fcn8s"],
+                  first=(("fcn8s", "vgg16"), ("fcn4s", "efficientnet_lite0")))
+EACH_ONCE = [heavy_unless((a, b) in _ONCE, a, b, id=f"{a}-{b}") for a, b in ALL]
 ODD_SIZES = [(1, 1), (2, 3), (17, 5), (31, 33), (45, 64), (67, 101)]
 
 
@@ -33,14 +39,6 @@ def _randomise_head(model: fcnseg.FCN) -> fcnseg.FCN:
 
 @pytest.mark.parametrize("arch,backbone", PAIRS)
 class TestEveryModel:
-    def test_output_size_equals_input_size(self, arch, backbone):
-        model = cached_model(arch, backbone).eval()
-        with torch.no_grad():
-            for h, w in ODD_SIZES:
-                y = model(torch.rand(2, 3, h, w))
-                assert y.shape == (2, 5, h, w), (h, w)
-                assert torch.isfinite(y).all()
-
     def test_backward_reaches_trunk_and_head(self, arch, backbone):
         model = _randomise_head(cached_model(arch, backbone)).train()
         x = torch.rand(2, 3, 40, 36)
@@ -54,6 +52,23 @@ class TestEveryModel:
             assert conv.weight.grad.abs().sum() > 0
         learned = [u for u in model.upsample_layers() if u.learnable]
         assert all(u.weight.grad.abs().sum() > 0 for u in learned)
+
+    def test_parameter_count_is_reported(self, arch, backbone, record_property):
+        n = count_parameters(cached_model(arch, backbone))
+        record_property("parameters", n)
+        assert n > 0
+
+
+
+@pytest.mark.parametrize("arch,backbone", EACH_ONCE)
+class TestEachHeadAndTrunk:
+    def test_output_size_equals_input_size(self, arch, backbone):
+        model = cached_model(arch, backbone).eval()
+        with torch.no_grad():
+            for h, w in ODD_SIZES:
+                y = model(torch.rand(2, 3, h, w))
+                assert y.shape == (2, 5, h, w), (h, w)
+                assert torch.isfinite(y).all()
 
     def test_deterministic_in_eval(self, arch, backbone):
         model = _randomise_head(cached_model(arch, backbone)).eval()
@@ -91,11 +106,11 @@ class TestEveryModel:
         with torch.no_grad():
             assert again.spec == spec and torch.equal(again(x), model(x))
 
-    def test_parameter_count_is_reported(self, arch, backbone, record_property):
-        n = count_parameters(cached_model(arch, backbone))
-        record_property("parameters", n)
-        assert n > 0
 
+def test_make_test_sees_every_head_and_every_trunk():
+    kept = [p.values for p in EACH_ONCE if not p.marks]
+    assert {a for a, _ in kept} == set(fcnseg.ARCHS) and {b for _, b in kept} == set(fcnseg.BACKBONES)
+    assert ("fcn8s", "vgg16") in kept and ("fcn4s", "efficientnet_lite0") in kept and len(kept) < len(ALL) // 4
 
 def test_fcn8s_vgg16_has_the_papers_parameter_count():
     model = cached_model("fcn8s", "vgg16", 21)
