@@ -35,7 +35,8 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check fcnseg tests benchmarks scripts experiments
 
 # The suite (18.7 minutes on the slowest 2-core machine seen here, an AVX2-only EPYC, before six of its slowest
-# tests moved to the slow set; the per-model checks now run each head and trunk once, the product in test-slow; 11-12 on a Zen 4, 7 on the Xeon) leaves out the tests marked slow: process-level
+# tests moved to the slow set, 17.9 before the per-model checks ran each head and each trunk once, with the whole
+# product in test-slow; 11-12 on a Zen 4, 7 on the Xeon) leaves out the tests marked slow: process-level
 # runs (torchrun, killed workers, two nodes, time budgets, a full disk), memory ceilings, and VGG16 beyond the
 # paper's FCN-8s. `make test-slow` runs those (about 15 minutes more); .ci/run runs both. --durations lists the
 # slowest tests, to keep an eye on the total.
