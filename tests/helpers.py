@@ -47,10 +47,10 @@ def each_once(pairs: list[tuple[str, str]], first: tuple[tuple[str, str], ...] =
     ``make test`` and the whole product in ``make test-slow`` (a head's code is shared by every trunk, and a
     trunk's by every head)."""
     kept: set[tuple[str, str]] = set()
-    for both_new in (True, False):
+    for wanted in (2, 1):  # names a pair must bring that no kept pair has
         for pair in [*first, *pairs]:
-            seen = [any(pair[i] == k[i] for k in kept) for i in (0, 1)]
-            if pair in pairs and not all(seen) and (not any(seen) or not both_new):
+            new = sum(all(pair[i] != k[i] for k in kept) for i in (0, 1))
+            if pair in pairs and new >= wanted:
                 kept.add(pair)
     return kept
 
