@@ -18,7 +18,7 @@ from .io.atomic import atomic_write
 from .metrics import ConfusionMatrix, MultilabelConfusion, boundary_band, per_image_scores
 from .models.inference import OVERLAP, predict_image
 from .runtime.amp import AmpChoice, faster_autocast
-from .tta import tta_record
+from .tta import model_scales, tta_record
 
 
 def _rank_world() -> tuple[int, int]:
@@ -51,7 +51,8 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
             (``metrics.boundary_band``) and return their scores under ``boundary``; None: off.
         per_image: also score each image on its own (for the report's gallery of the worst images).
         scales, flip: test-time augmentation: the probabilities of each input scale (e.g. 0.75 1.0 1.25 1.5)
-            and of the mirrored image, averaged (``fcnseg.tta``); None and False: the image as it is.
+            and of the mirrored image, averaged (``fcnseg.tta``); None: the model's ``test_scale`` (1.0 unless
+            chosen on val), False: no flip.
         window: ``(H, W)``: images taller than H or wider than W are segmented in overlapping ``H x W``
             windows (sliding-window evaluation, ``fcnseg.predict``'s tiling), ``overlap`` pixels apart.
 
@@ -71,7 +72,7 @@ def evaluate(model, dataset, device: str | torch.device = "cpu", *, amp_dtype: t
 
     net = getattr(model, "module", model)
     task = _check(net, dataset, boundary_width or per_image or pred_dir is not None)
-    tta = tta_record(scales, flip, window, overlap)
+    tta = tta_record(model_scales(net, scales), flip, window, overlap)
     plain = tta["scales"] == [1.0] and not flip and not window
     was_training = net.training
     net.eval()

@@ -236,6 +236,7 @@ class ExportedFCN:
         self.palette = [tuple(c) for c in spec.palette] if spec.palette else default_palette(self.num_classes)
         self.arch, self.backbone = spec.arch, spec.backbone
         self.task, self.threshold, self.in_channels = spec.task, spec.threshold, spec.in_channels
+        self.test_scale = spec.test_scale
 
     def eval(self):
         return self

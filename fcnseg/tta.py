@@ -40,6 +40,16 @@ def check_scales(scales: Sequence[float] | None) -> tuple[float, ...]:
     return out
 
 
+def model_scales(model, scales: Sequence[float] | None) -> tuple[float, ...]:
+    """The scales ``model`` is run at: ``scales`` where given, else the model's own ``test_scale`` alone (1.0
+    for a model without one; ``fcnseg.models.spec.ModelSpec.test_scale``).
+
+    Raises:
+        ValueError: see ``check_scales``.
+    """
+    return check_scales(scales if scales is not None else [getattr(model, "test_scale", 1.0)])
+
+
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """The input size at ``scale``: rounded, at least one pixel."""
     return max(1, round(height * scale)), max(1, round(width * scale))

@@ -160,3 +160,31 @@ def test_evaluate_and_predict_cli_take_scales_flip_and_window(tmp_path, shapes, 
                         "folder", "--root", str(shapes), "--split", "val", "--out", str(out), "--scales", "-1"],
                        capture_output=True, text=True, cwd=REPO, env=env)
     assert r.returncode != 0 and "scales: each scale must be a positive number" in r.stderr
+
+
+def test_a_stored_test_scale_is_the_default_scale_of_inference_and_evaluate(tmp_path, shapes, model_file):
+    from fcnseg.io.modelfile import save_model
+
+    model = fcnseg.load(str(model_file))
+    model.test_scale = 1.5
+    scaled = fcnseg.load(str(save_model(model, tmp_path / "scaled.safetensors")))
+    assert scaled.spec.test_scale == 1.5 and fcnseg.load(str(model_file)).spec.test_scale == 1.0
+    ds = build_dataset("folder", shapes, "val", transforms=eval_transforms())
+    default, plain = evaluate(scaled, ds), evaluate(scaled, ds, scales=[1.0])
+    assert default["tta"]["scales"] == [1.5] and plain["tta"]["scales"] == [1.0]
+    assert default["confusion"] == evaluate(model, ds, scales=[1.5])["confusion"]
+    assert plain["confusion"] == evaluate(fcnseg.load(str(model_file)), ds)["confusion"]
+    image = ds[0][0]
+    seen = ColumnScores()
+    seen.test_scale = 2.0
+    probabilities(seen, image[None])
+    predict_image(seen, image, scales=[1.0])
+    assert seen.seen == [(2 * image.shape[1], 2 * image.shape[2]), tuple(image.shape[1:])]
+
+
+@pytest.mark.parametrize("bad", [0, -1.5, float("inf")])
+def test_a_bad_stored_test_scale_is_refused(bad):
+    from fcnseg.models.spec import ModelSpec
+
+    with pytest.raises(ValueError, match="each scale must be a positive number"):
+        ModelSpec.from_dict({"arch": "fcn8s", "backbone": "vgg16", "num_classes": 2, "test_scale": bad})

@@ -87,6 +87,7 @@ class FCN(nn.Module):
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
         self.arch, self.num_classes, self.upsampling, self.alignment = arch, num_classes, upsampling, alignment
         self.task, self.threshold = task, float(threshold)
+        self.test_scale = 1.0  # the input scale of inference (ModelSpec.test_scale); set from a saved spec
         self.in_channels = getattr(trunk, "in_channels", 3)  # see channels.adapt_input_channels
         self.fine = tuple(s for s in SKIPS[arch] if s in FINE_STRIDES)
         _check_fine(trunk, arch, self.fine)
@@ -145,7 +146,7 @@ class FCN(nn.Module):
         return ModelSpec(self.arch, self.backbone, self.num_classes, tuple(self.class_names),
                          tuple(tuple(int(v) for v in c) for c in self.palette), self.preprocessing,
                          self.trunk.padding, self.upsampling, self.alignment, self.task, self.threshold,
-                         self.in_channels)
+                         self.in_channels, self.test_scale)
 
     def score_layers(self) -> list[nn.Conv2d]:
         return [self.score_fr] + [getattr(self, SKIP_NAMES[s][0]) for s in self.skips]

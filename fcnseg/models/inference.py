@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .. import tasks
 from ..data.images import to_float, to_tensor
-from ..tta import tta_probabilities
+from ..tta import model_scales, tta_probabilities
 
 TILE = 1024  # windows of 1 Mpixel keep VGG16's activations near 1.5 GB and Lite0's far below
 OVERLAP = 128
@@ -40,6 +40,7 @@ def probabilities(model, x: torch.Tensor, flip: bool = False, scales=None) -> to
     """Class probabilities ``(N, C, H, W)`` (float32, CPU) of a float batch: softmax, or for a binary model
     ``[1 - p, p]``, for a multilabel one the K sigmoids (``fcnseg.tasks.probabilities``); ``flip`` and
     ``scales`` average them over the mirrored images and the input scales (``fcnseg.tta.tta_probabilities``)."""
+    scales = model_scales(model, scales)
     return tta_probabilities(lambda t: forward(model, t), x, _task(model)[0], scales, flip).cpu()
 
 
@@ -89,7 +90,8 @@ def predict_image(model, image, *, tile: int | tuple[int, int] | None = TILE, ov
             (sliding-window evaluation); None segments every image whole.
         overlap: pixels shared by neighbouring windows (blended).
         flip: also segment the mirrored image and average the probabilities.
-        scales: input scales whose probabilities are averaged (``fcnseg.tta``; None: 1.0 alone), per window.
+        scales: input scales whose probabilities are averaged (``fcnseg.tta``; None: the model's ``test_scale``,
+            1.0 unless chosen on val), per window.
         batch_size: windows per forward pass.
         max_size: segment a copy downscaled to this long side, then bring labels back to full size.
         return_probs: also return the ``(C, H, W)`` float16 class probabilities.
@@ -103,6 +105,7 @@ def predict_image(model, image, *, tile: int | tuple[int, int] | None = TILE, ov
             read (a file is named).
     """
     x = to_tensor(image, getattr(model, "in_channels", 3))
+    scales = model_scales(model, scales)
     h0, w0 = x.shape[-2:]
     if max_size and max(h0, w0) > max_size:
         s = max_size / max(h0, w0)

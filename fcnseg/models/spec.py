@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from ..preprocessing import Preprocessing
+from ..tta import check_scales
 
 # The FCN builder: fcnseg.models.fcn registers ``build_model`` here when it is imported (fcnseg.models imports it),
 # so that the spec, which FCN.spec returns, need not import the model module back.
@@ -36,6 +37,9 @@ class ModelSpec:
         task: "multiclass", "binary" or "multilabel".
         threshold: binary and multilabel decision threshold, a probability.
         in_channels: image channels the model reads (1 grey, 3 RGB, 4 RGB-NIR, ...).
+        test_scale: the input scale inference runs at unless told otherwise (``fcnseg.tta.model_scales``): the
+            image is resized by it, segmented, and the probabilities resized back (as timm's
+            ``test_input_size``); 1.0 unless chosen on val.
     """
 
     arch: str
@@ -50,6 +54,7 @@ class ModelSpec:
     task: str = "multiclass"
     threshold: float = 0.5
     in_channels: int = 3
+    test_scale: float = 1.0
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (the ``"model"`` entry of model files, Hub ``config.json`` and export
@@ -59,7 +64,8 @@ class ModelSpec:
                 "class_names": None if self.class_names is None else list(self.class_names),
                 "palette": None if self.palette is None else [list(map(int, c)) for c in self.palette],
                 "preprocessing": None if self.preprocessing is None else self.preprocessing.to_dict(),
-                "task": self.task, "threshold": self.threshold, "in_channels": self.in_channels}
+                "task": self.task, "threshold": self.threshold, "in_channels": self.in_channels,
+                "test_scale": self.test_scale}
 
     @classmethod
     def from_dict(cls, d: Mapping, alignment: str = "legacy") -> ModelSpec:
@@ -73,6 +79,7 @@ class ModelSpec:
 
         Raises:
             KeyError: ``arch``, ``backbone`` or ``num_classes`` is missing.
+            ValueError: a ``test_scale`` that is not a positive number.
         """
         names, palette, pre = d.get("class_names"), d.get("palette"), d.get("preprocessing")
         return cls(arch=d["arch"], backbone=d["backbone"], num_classes=int(d["num_classes"]),
@@ -81,7 +88,8 @@ class ModelSpec:
                    preprocessing=None if pre is None else Preprocessing.from_dict(pre),
                    padding=d.get("padding"), upsampling=d.get("upsampling", "paper"),
                    alignment=d.get("alignment", alignment), task=d.get("task", "multiclass"),
-                   threshold=float(d.get("threshold", 0.5)), in_channels=int(d.get("in_channels", 3)))
+                   threshold=float(d.get("threshold", 0.5)), in_channels=int(d.get("in_channels", 3)),
+                   test_scale=check_scales([d.get("test_scale", 1.0)])[0])
 
     def replace(self, **changes) -> ModelSpec:
         """A copy with ``changes`` (``dataclasses.replace``)."""
@@ -105,4 +113,5 @@ class ModelSpec:
             model.normalize.set(self.preprocessing)
         if self.palette:
             model.palette = [tuple(c) for c in self.palette]
+        model.test_scale = self.test_scale
         return model
