@@ -16,7 +16,9 @@ import fcnseg
 from fcnseg import tasks
 from fcnseg.data import build_dataset, eval_transforms
 from fcnseg.evaluate import evaluate
+from fcnseg.io.modelfile import save_model
 from fcnseg.models.inference import predict_image, probabilities
+from fcnseg.models.spec import ModelSpec
 from fcnseg.tta import check_scales, tta_probabilities
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,8 +165,6 @@ def test_evaluate_and_predict_cli_take_scales_flip_and_window(tmp_path, shapes, 
 
 
 def test_a_stored_test_scale_is_the_default_scale_of_inference_and_evaluate(tmp_path, shapes, model_file):
-    from fcnseg.io.modelfile import save_model
-
     model = fcnseg.load(str(model_file))
     model.test_scale = 1.5
     scaled = fcnseg.load(str(save_model(model, tmp_path / "scaled.safetensors")))
@@ -184,7 +184,5 @@ def test_a_stored_test_scale_is_the_default_scale_of_inference_and_evaluate(tmp_
 
 @pytest.mark.parametrize("bad", [0, -1.5, float("inf")])
 def test_a_bad_stored_test_scale_is_refused(bad):
-    from fcnseg.models.spec import ModelSpec
-
     with pytest.raises(ValueError, match="each scale must be a positive number"):
         ModelSpec.from_dict({"arch": "fcn8s", "backbone": "vgg16", "num_classes": 2, "test_scale": bad})
